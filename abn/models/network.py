@@ -1,0 +1,134 @@
+"""The network shared by every backbone: feature extractor, optional attention branch, perception branch.
+
+A backbone family only supplies the pieces (see ``resnet_cifar.py``); this module wires them the way the
+official ABN code does (DESIGN §1):
+
+    g  = features(x)                                  # every stage before the last one
+    att_logits, M = attention_branch(g)               # stride-1 copy of the last stage + map head
+    g' = g * (1 + M)        (or g * M)                # attention mechanism
+    logits = head(last_stage(g'))                     # perception branch
+
+Built without an attention branch, the same code gives the ``baseline`` and ``cam`` networks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+ATTENTION_MODES = ("residual", "multiply")
+
+
+class ABNOutput(NamedTuple):
+    """What every model of :mod:`abn.models` returns.
+
+    ``logits``: perception-branch class scores, B×K. ``att_logits``: attention-branch class scores, B×K.
+    ``attention``: the attention map M, B×1×h×w in [0, 1]. The last two are None for heads without a branch.
+    """
+
+    logits: Tensor
+    att_logits: Optional[Tensor] = None
+    attention: Optional[Tensor] = None
+
+
+class AttentionBranch(nn.Module):
+    """Stage copy → BN → 1×1 conv C→K → BN → ReLU, then {1×1 conv K→K → GAP} and {conv K→1 → BN → sigmoid}."""
+
+    def __init__(self, stage: nn.Module, channels: int, num_classes: int, map_kernel_size: int = 3):
+        super().__init__()
+        if map_kernel_size not in (1, 3):
+            raise ValueError(f"map_kernel_size must be 1 or 3 (the paper draws 1, the official code uses 3), got {map_kernel_size}")
+        self.stage = stage
+        self.bn = nn.BatchNorm2d(channels)
+        self.class_conv = nn.Conv2d(channels, num_classes, kernel_size=1, bias=False)
+        self.class_bn = nn.BatchNorm2d(num_classes)
+        self.relu = nn.ReLU(inplace=True)
+        self.logit_conv = nn.Conv2d(num_classes, num_classes, kernel_size=1, bias=False)
+        self.map_conv = nn.Conv2d(num_classes, 1, kernel_size=map_kernel_size, padding=map_kernel_size // 2, bias=False)
+        self.map_bn = nn.BatchNorm2d(1)
+
+    def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.bn(self.stage(g))
+        a = self.relu(self.class_bn(self.class_conv(a)))
+        attention = torch.sigmoid(self.map_bn(self.map_conv(a)))
+        att_logits = self.logit_conv(a).mean(dim=(2, 3))
+        return att_logits, attention
+
+
+class GapLinearHead(nn.Module):
+    """Global average pooling + linear layer; its weights give class activation maps (Zhou et al. 2016)."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, feature_map: Tensor) -> Tensor:
+        return self.fc(feature_map.mean(dim=(2, 3)))
+
+    def class_activation_map(self, feature_map: Tensor, target: Tensor) -> Tensor:
+        """Raw CAM, B×h×w: Σ_k w_k^c A^k + b_c, so the map's spatial mean is the class score."""
+        weight = self.fc.weight[target]  # B×C
+        cam = torch.einsum("bc,bchw->bhw", weight, feature_map)
+        return cam + self.fc.bias[target][:, None, None]
+
+
+class AttentionBranchNetwork(nn.Module):
+    """A CNN split before its last stage, with or without an attention branch.
+
+    ``head`` names how it was built: ``baseline``, ``cam`` or ``abn``.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        last_stage: nn.Module,
+        head: nn.Module,
+        in_chans: int,
+        num_classes: int,
+        attention_branch: Optional[AttentionBranch] = None,
+        attention_mode: str = "residual",
+        head_name: str = "baseline",
+    ):
+        super().__init__()
+        if attention_mode not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention_mode {attention_mode!r}; valid: {', '.join(ATTENTION_MODES)}")
+        self.features = features
+        self.attention_branch = attention_branch
+        self.last_stage = last_stage
+        self.head = head
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.attention_mode = attention_mode
+        self.head_name = head_name
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected an image batch of shape B×{self.in_chans}×H×W, got {tuple(x.shape)}; "
+                f"build the model with in_chans={x.shape[1] if x.dim() == 4 else '?'} or convert the images"
+            )
+
+    def _last_feature_map(self, x: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        self.check_input(x)
+        g = self.features(x)
+        att_logits = attention = None
+        if self.attention_branch is not None:
+            att_logits, attention = self.attention_branch(g)
+            g = g * (1.0 + attention) if self.attention_mode == "residual" else g * attention
+        return self.last_stage(g), att_logits, attention
+
+    def forward(self, x: Tensor) -> ABNOutput:
+        feature_map, att_logits, attention = self._last_feature_map(x)
+        return ABNOutput(self.head(feature_map), att_logits, attention)
+
+    @torch.no_grad()
+    def class_activation_map(self, x: Tensor, target: Optional[Tensor] = None) -> Tensor:
+        """CAM of the perception branch's last stage, B×h×w (raw), for ``target`` (default: the prediction)."""
+        if not hasattr(self.head, "class_activation_map"):
+            raise ValueError(f"{type(self.head).__name__} has no GAP + linear head; CAM does not apply")
+        feature_map, _, _ = self._last_feature_map(x)
+        if target is None:
+            target = self.head(feature_map).argmax(dim=1)
+        return self.head.class_activation_map(feature_map, target)

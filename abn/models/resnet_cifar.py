@@ -1,0 +1,144 @@
+"""CIFAR-style ResNets (three stages of 16/32/64 planes) as baseline, CAM and ABN networks.
+
+Two layouts share this file:
+
+* ``resnet20`` … ``resnet110``: He et al. (2016) basic-block networks, depth = 6n + 2.
+* ``resnet110_bottleneck``: what the official ABN code calls "ResNet-110" — it switches to bottleneck blocks for
+  depth ≥ 44 while keeping n = (depth − 2) / 6, so it has 18 bottleneck blocks per stage (the 164-layer layout,
+  about 1.7 M parameters). The CIFAR numbers of the ABN paper come from this network.
+
+Shortcuts that change shape are 1×1 conv + BN (as in the official ABN code). The ABN split is before the third
+stage: the attention branch runs a stride-1 copy of it, so a 32×32 input gives a 16×16 map.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Type, Union
+
+from torch import Tensor, nn
+
+from .network import AttentionBranch, AttentionBranchNetwork, GapLinearHead
+from .registry import HEADS, register_model
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _shortcut(in_planes, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _shortcut(in_planes, out_planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+Block = Type[Union[BasicBlock, Bottleneck]]
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+def make_stage(block: Block, in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+    blocks = [block(in_planes, planes, stride)]
+    blocks += [block(planes * block.expansion, planes) for _ in range(num_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convolutions and unit BatchNorm, as the official code initialises."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def cifar_resnet(
+    block: Block,
+    blocks_per_stage: int,
+    head: str = "abn",
+    num_classes: int = 10,
+    in_chans: int = 3,
+    attention_mode: str = "residual",
+    map_kernel_size: int = 3,
+) -> AttentionBranchNetwork:
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
+    e = block.expansion
+    features = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(in_chans, 16, 3, padding=1, bias=False),
+            bn1=nn.BatchNorm2d(16),
+            relu=nn.ReLU(inplace=True),
+            layer1=make_stage(block, 16, 16, blocks_per_stage, stride=1),
+            layer2=make_stage(block, 16 * e, 32, blocks_per_stage, stride=2),
+        )
+    )
+    branch = None
+    if head == "abn":
+        stage_copy = make_stage(block, 32 * e, 64, blocks_per_stage, stride=1)
+        branch = AttentionBranch(stage_copy, 64 * e, num_classes, map_kernel_size)
+    model = AttentionBranchNetwork(
+        features=features,
+        last_stage=make_stage(block, 32 * e, 64, blocks_per_stage, stride=2),
+        head=GapLinearHead(64 * e, num_classes),
+        in_chans=in_chans,
+        num_classes=num_classes,
+        attention_branch=branch,
+        attention_mode=attention_mode,
+        head_name=head,
+    )
+    init_weights(model)
+    return model
+
+
+def _register_basic(depth: int) -> None:
+    def build(**kwargs) -> AttentionBranchNetwork:
+        return cifar_resnet(BasicBlock, (depth - 2) // 6, **kwargs)
+
+    build.__doc__ = f"He et al.'s basic-block ResNet-{depth} for CIFAR ({(depth - 2) // 6} blocks per stage)."
+    register_model(f"resnet{depth}")(build)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    _register_basic(_depth)
+
+
+@register_model("resnet110_bottleneck")
+def resnet110_bottleneck(**kwargs) -> AttentionBranchNetwork:
+    """The official ABN code's "ResNet-110": 18 bottleneck blocks per stage (the 164-layer layout)."""
+    return cifar_resnet(Bottleneck, 18, **kwargs)

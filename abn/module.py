@@ -1,0 +1,110 @@
+"""LightningModule that trains any :mod:`abn.models` network on the ABN loss."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .models import ABNOutput, create_model
+
+STAGES = ("train", "val", "test")
+
+
+class ABNModule(L.LightningModule):
+    """Loss = w_att · CE(attention logits) + w_per · CE(perception logits); heads without a branch use the latter.
+
+    ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``) taking the parameters and the
+    optimizer. A scheduler whose ``T_max`` (cosine) or ``total_steps`` (one-cycle) is left out gets the length of
+    the run: optimizer steps when ``scheduler_interval`` is ``step``, epochs when it is ``epoch``.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet20",
+        head: str = "abn",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        attention_mode: str = "residual",
+        map_kernel_size: int = 3,
+        attention_loss_weight: float = 1.0,
+        perception_loss_weight: float = 1.0,
+        optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+        scheduler: Optional[Callable[..., Any]] = None,
+        scheduler_interval: str = "epoch",
+    ):
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = create_model(
+            arch, head, num_classes, in_chans, attention_mode=attention_mode, map_kernel_size=map_kernel_size
+        )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.has_branch = head == "abn"
+        branches = ("acc", "acc_att") if self.has_branch else ("acc",)
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES for name in branches}
+        )
+
+    def forward(self, x: Tensor) -> ABNOutput:
+        return self.net(x)
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        images, labels = batch[0], batch[1]
+        out = self.net(images)
+        loss_per = F.cross_entropy(out.logits, labels)
+        loss = self.hparams.perception_loss_weight * loss_per
+        on_step = stage == "train"
+        log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        log(f"{stage}/loss_per", loss_per)
+        self.metrics[f"{stage}_acc"](out.logits, labels)
+        log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=True)
+        if out.att_logits is not None:
+            loss_att = F.cross_entropy(out.att_logits, labels)
+            loss = loss + self.hparams.attention_loss_weight * loss_att
+            log(f"{stage}/loss_att", loss_att)
+            self.metrics[f"{stage}_acc_att"](out.att_logits, labels)
+            log(f"{stage}/acc_att", self.metrics[f"{stage}_acc_att"], prog_bar=stage != "train")
+        log(f"{stage}/loss", loss, prog_bar=stage == "train")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        interval = self.hparams.scheduler_interval
+        scheduler = self._with_run_length(self.scheduler_factory, interval)(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _with_run_length(self, factory: Callable, interval: str) -> Callable:
+        """Fill a scheduler's missing ``T_max``/``total_steps`` with the length of the run."""
+        target = factory.func if isinstance(factory, functools.partial) else factory
+        given = factory.keywords if isinstance(factory, functools.partial) else {}
+        try:
+            accepted = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            return factory
+        length = int(self.trainer.estimated_stepping_batches) if interval == "step" else self.trainer.max_epochs
+        for key in ("T_max", "total_steps"):
+            if key in accepted and given.get(key) is None:
+                return functools.partial(factory, **{key: length})
+        return factory

@@ -1,0 +1,114 @@
+"""``abn-train``: train an ABN (or its baseline / CAM twin) from the Hydra config in ``conf/``.
+
+    abn-train                                   # the embedded shapes data set, CPU, a few minutes
+    abn-train -m model.head=baseline,cam,abn seed=1,2
+    abn-train experiment=fashion_mnist
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from .config import config_dir
+
+HPARAM_SECTIONS = ("model", "data", "trainer")
+SKIPPED_HPARAMS = ("_target_", "_partial_", "root", "search_dirs", "num_workers", "pin_memory", "default_root_dir")
+
+
+def instantiate_group(group: Optional[DictConfig]) -> list[Any]:
+    """Build every entry of a group such as ``callbacks`` or ``logger`` (entries set to null are skipped)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
+    """Flat ``section.key → value`` of the settings worth comparing across runs in TensorBoard's HPARAMS tab."""
+    flat: dict[str, Any] = {"seed": cfg.get("seed")}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if key in SKIPPED_HPARAMS:
+                continue
+            name = f"{prefix}.{key}"
+            if isinstance(value, dict):
+                walk(value, name)
+            elif isinstance(value, (int, float, str, bool)) or value is None:
+                flat[name] = value
+            else:
+                flat[name] = str(value)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for section in HPARAM_SECTIONS:
+        if isinstance(resolved.get(section), dict):
+            walk(resolved[section], section)
+    return flat
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …)."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = final_metrics(trainer)
+    if cfg.get("test", True):
+        trainer.test(model, datamodule=datamodule)  # the last epoch's weights: no selection on the test set
+        metrics.update(final_metrics(trainer))
+
+    hp_metrics = {f"hp/{name.replace('/', '_')}": value for name, value in metrics.items()
+                  if name.split("/")[-1] in ("acc", "acc_att", "loss") and not math.isnan(value)}
+    for logger in loggers:
+        logger.log_hyperparams(hparams_for_tensorboard(cfg), metrics=hp_metrics)
+        logger.finalize("success")
+    print_summary(trainer, loggers, metrics)
+    return metrics
+
+
+@rank_zero_only
+def print_summary(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, float]) -> None:
+    lines = ["", "Training finished."]
+    for split in ("test", "val"):
+        if f"{split}/acc" in metrics:
+            lines.append(f"  {split} accuracy, perception branch: {100 * metrics[f'{split}/acc']:.2f} %")
+            if f"{split}/acc_att" in metrics:
+                lines.append(f"  {split} accuracy, attention branch:  {100 * metrics[f'{split}/acc_att']:.2f} %")
+            break
+    checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+    if checkpoint and Path(checkpoint).is_file():
+        lines.append(f"  checkpoint:       {checkpoint}")
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            log_dir = Path(logger.log_dir)
+            lines.append(f"  TensorBoard logs: {log_dir}")
+            lines.append(f"  open them with:   tensorboard --logdir {log_dir.parent} --samples_per_plugin images=100")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> Optional[float]:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Shared fixtures: Hydra configs composed in a temp dir, tiny Fashion-MNIST files in the real IDX format."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from abn.config import config_dir
+
+# A run small enough for a test: a few dozen shapes, one epoch, no worker processes.
+TINY_SHAPES = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16"]
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write an IDX file (the MNIST format: magic, dimensions, then unsigned bytes)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as handle:
+            handle.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_fashion_mnist(directory: Path, train: int = 120, test: int = 40, compress: bool = True) -> Path:
+    """A tiny Fashion-MNIST with the original file names; label i has a bright square at a position of its own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 40, (count, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label : 2 * label + 6, 4:10] = 250
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_system_copy(tmp_path_factory) -> Path:
+    """Stands in for /usr/share/datasets/fashion-mnist: the four gzipped files."""
+    return make_fashion_mnist(tmp_path_factory.mktemp("debian") / "fashion-mnist")
+
+
+def compose_train_config(output_dir: Path, overrides: list[str]) -> DictConfig:
+    """The real ``train`` config with ``overrides``, Hydra's runtime filled in as ``abn-train`` would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg

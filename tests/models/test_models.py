@@ -1,0 +1,144 @@
+"""Every arch × head of abn.models: shapes, map range, gradients, the attention rule, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from abn.models import HEADS, ABNOutput, AttentionBranchNetwork, create_model, list_models
+
+ARCHS = list_models()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_shapes_and_map_range(arch, head):
+    model = create_model(arch, head=head, num_classes=7).eval()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, ABNOutput)
+    assert out.logits.shape == (2, 7)
+    if head == "abn":
+        assert out.att_logits.shape == (2, 7)
+        assert out.attention.shape == (2, 1, 16, 16)  # the official CIFAR map size
+        assert out.attention.min() >= 0 and out.attention.max() <= 1
+    else:
+        assert out.att_logits is None and out.attention is None
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradient_reaches_every_parameter(arch, head):
+    model = create_model(arch, head=head, num_classes=5)
+    out = model(torch.randn(2, 3, 16, 16))
+    labels = torch.tensor([1, 3])
+    loss = F.cross_entropy(out.logits, labels)
+    if out.att_logits is not None:
+        loss = loss + F.cross_entropy(out.att_logits, labels)
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reaches {missing}"
+
+
+@pytest.mark.parametrize("size", [(20, 20), (40, 24), (64, 64)])
+def test_any_input_size_and_channel_count(size):
+    model = create_model("resnet20", head="abn", num_classes=4, in_chans=1).eval()
+    out = model(torch.randn(3, 1, *size))
+    assert out.logits.shape == (3, 4)
+    assert out.attention.shape[-2:] == tuple((s + 1) // 2 for s in size)
+
+
+@pytest.mark.parametrize("mode", ["residual", "multiply"])
+def test_attention_rule_on_a_hand_made_map(mode):
+    model = create_model("resnet20", head="abn", num_classes=3, attention_mode=mode).eval()
+    x = torch.randn(2, 3, 32, 32)
+    hand_made = torch.zeros(2, 1, 16, 16)
+    hand_made[:, :, 4:8, 4:8] = 0.75
+    branch_forward = model.attention_branch.forward
+    model.attention_branch.forward = lambda g: (branch_forward(g)[0], hand_made)
+    with torch.no_grad():
+        out = model(x)
+        g = model.features(x)
+        weighted = g * (1 + hand_made) if mode == "residual" else g * hand_made
+        expected = model.head(model.last_stage(weighted))
+    torch.testing.assert_close(out.logits, expected)
+    assert torch.equal(out.attention, hand_made)
+    # and the rule matters: the map really changes the prediction path
+    with torch.no_grad():
+        unweighted = model.head(model.last_stage(g))
+    assert not torch.allclose(out.logits, unweighted)
+
+
+def test_perception_input_is_unchanged_where_the_map_is_zero():
+    """g·(1+M) = g where M = 0: the residual rule keeps features the branch ignores."""
+    model = create_model("resnet20", head="abn", num_classes=3).eval()
+    zero = torch.zeros(1, 1, 16, 16)
+    model.attention_branch.forward = lambda g: (torch.zeros(1, 3), zero)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model.head(model.last_stage(model.features(x))))
+
+
+@pytest.mark.parametrize("head", ["cam", "abn", "baseline"])
+def test_class_activation_map_averages_to_the_class_score(head):
+    model = create_model("resnet20", head=head, num_classes=6).eval()
+    x = torch.randn(4, 3, 32, 32)
+    target = torch.tensor([0, 5, 2, 2])
+    with torch.no_grad():
+        logits = model(x).logits
+    cam = model.class_activation_map(x, target)
+    assert cam.shape == (4, 8, 8)
+    torch.testing.assert_close(cam.mean(dim=(1, 2)), logits[torch.arange(4), target])
+
+
+def test_official_bottleneck_resnet110_size():
+    """The official code's "ResNet-110" is the 164-layer bottleneck layout: about 1.7 M parameters."""
+    baseline = create_model("resnet110_bottleneck", head="baseline", num_classes=10)
+    blocks = sum(1 for m in baseline.modules() if type(m).__name__ == "Bottleneck")
+    assert blocks == 3 * 18
+    assert 1.65e6 < sum(p.numel() for p in baseline.parameters()) < 1.75e6
+    he_110 = create_model("resnet110", head="baseline", num_classes=10)
+    assert sum(1 for m in he_110.modules() if type(m).__name__ == "BasicBlock") == 3 * 18
+
+
+def test_abn_adds_exactly_the_branch():
+    baseline = create_model("resnet56", head="baseline")
+    abn = create_model("resnet56", head="abn")
+    branch = sum(p.numel() for p in abn.attention_branch.parameters())
+    total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert total(abn) == total(baseline) + branch
+    assert isinstance(abn, AttentionBranchNetwork) and abn.head_name == "abn"
+
+
+def test_map_kernel_size_option():
+    model = create_model("resnet20", head="abn", map_kernel_size=1)
+    assert model.attention_branch.map_conv.kernel_size == (1, 1)
+    with pytest.raises(ValueError, match="map_kernel_size"):
+        create_model("resnet20", head="abn", map_kernel_size=5)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="valid archs: .*resnet20"):
+        create_model("resnet21")
+    with pytest.raises(ValueError, match="valid heads: baseline, cam, abn"):
+        create_model("resnet20", head="gradcam")
+    with pytest.raises(ValueError, match="residual, multiply"):
+        create_model("resnet20", attention_mode="add")
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    model = create_model("resnet20", head="abn", in_chans=3)
+    with pytest.raises(ValueError, match=r"B×3×H×W, got \(2, 1, 32, 32\).*in_chans=1"):
+        model(torch.randn(2, 1, 32, 32))
+
+
+def test_cam_needs_a_gap_linear_head():
+    model = create_model("resnet20", head="cam")
+    model.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    with pytest.raises(ValueError, match="CAM does not apply"):
+        model.class_activation_map(torch.randn(1, 3, 32, 32))

@@ -1,0 +1,98 @@
+"""ABNModule: the loss, the metrics, the scheduler length, checkpoints."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from abn.module import ABNModule
+
+
+def _batch():
+    torch.manual_seed(0)
+    return torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+class _Recorder:
+    def __init__(self):
+        self.logged = {}
+
+    def __call__(self, name, value, **kwargs):
+        self.logged[name] = value
+
+
+def test_loss_is_the_weighted_sum_of_both_branches():
+    module = ABNModule(head="abn", num_classes=3, attention_loss_weight=0.3, perception_loss_weight=2.0).eval()
+    module.log = _Recorder()
+    images, labels = _batch()
+    loss = module._step((images, labels), "val")
+    with torch.no_grad():
+        out = module.net(images)
+    expected = 0.3 * F.cross_entropy(out.att_logits, labels) + 2.0 * F.cross_entropy(out.logits, labels)
+    torch.testing.assert_close(loss, expected)
+    assert {"val/loss", "val/loss_att", "val/loss_per", "val/acc", "val/acc_att"} <= set(module.log.logged)
+
+
+@pytest.mark.parametrize("head", ["baseline", "cam"])
+def test_single_branch_heads_train_on_their_one_loss(head):
+    module = ABNModule(head=head, num_classes=3).eval()
+    module.log = _Recorder()
+    images, labels = _batch()
+    loss = module._step((images, labels), "train")
+    with torch.no_grad():
+        torch.testing.assert_close(loss, F.cross_entropy(module.net(images).logits, labels))
+    assert "train/acc_att" not in module.log.logged and "train/loss_att" not in module.log.logged
+
+
+def test_accuracy_is_plain_top1_not_macro():
+    module = ABNModule(head="baseline", num_classes=3)
+    metric = module.metrics["val_acc"]
+    # 3 of 4 right, but class 2 (one sample) wrong: micro 0.75, macro would be 0.667
+    metric.update(torch.tensor([[9.0, 0, 0], [9.0, 0, 0], [0, 9.0, 0], [9.0, 0, 0]]), torch.tensor([0, 0, 1, 2]))
+    assert metric.compute().item() == pytest.approx(0.75)
+
+
+def _fit(module, max_epochs=2, **trainer_kwargs):
+    images, labels = _batch()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=3)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, **trainer_kwargs)
+    trainer.fit(module, loader, loader)
+    return trainer
+
+
+def test_scheduler_length_is_filled_from_the_run():
+    cosine = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR)
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    module = ABNModule(head="baseline", num_classes=3, optimizer=sgd, scheduler=cosine, scheduler_interval="step")
+    trainer = _fit(module, max_epochs=2)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.T_max == 4  # 2 epochs × 2 batches
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    by_epoch = ABNModule(head="baseline", num_classes=3, optimizer=sgd, scheduler=cosine, scheduler_interval="epoch")
+    assert _fit(by_epoch, max_epochs=3).lr_scheduler_configs[0].scheduler.T_max == 3
+
+
+def test_scheduler_interval_is_checked():
+    with pytest.raises(ValueError, match="'epoch' or 'step'"):
+        ABNModule(scheduler_interval="batch")
+
+
+def test_checkpoint_reloads_to_identical_logits(tmp_path):
+    module = ABNModule(head="abn", num_classes=3)
+    trainer = _fit(module, max_epochs=1)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = ABNModule.load_from_checkpoint(path, weights_only=True).eval()
+    assert reloaded.hparams.head == "abn" and reloaded.hparams.num_classes == 3
+    images, _ = _batch()
+    module.eval()
+    with torch.no_grad():
+        a, b = module(images), reloaded(images)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.attention, b.attention)

@@ -1,0 +1,145 @@
+"""`abn-train` end to end: composed configs, TensorBoard contents, multirun, and the errors users see."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf.errors import ConfigAttributeError
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from abn.module import ABNModule
+from abn.train import train
+
+from .conftest import TINY_SHAPES, compose_train_config
+
+HEADS = ["baseline", "cam", "abn"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_fast_dev_run_on_shapes(tmp_path, head):
+    cfg = compose_train_config(tmp_path, TINY_SHAPES + [f"model.head={head}", "trainer.fast_dev_run=true"])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert ("test/acc_att" in metrics) == (head == "abn")
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_fast_dev_run_on_fashion_mnist(tmp_path, head, fashion_mnist_system_copy):
+    overrides = [
+        "experiment=fashion_mnist",
+        f"model.head={head}",
+        "trainer.fast_dev_run=true",
+        f"+data.search_dirs=[{fashion_mnist_system_copy}]",
+        "data.download=false",
+        "data.val_size=20",
+        "data.num_workers=0",
+        "data.batch_size=8",
+    ]
+    cfg = compose_train_config(tmp_path, overrides)
+    assert cfg.model.in_chans == 1 and cfg.model.num_classes == 10
+    metrics = train(cfg)
+    assert ("test/acc_att" in metrics) == (head == "abn")
+
+
+def _events(directory: Path) -> EventAccumulator:
+    files = list(directory.rglob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file under {directory}"
+    accumulator = EventAccumulator(str(files[0].parent), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_holds_the_image_grid_the_hparams_and_real_metrics(tmp_path):
+    overrides = TINY_SHAPES + ["trainer.max_epochs=2", "trainer.log_every_n_steps=1", "callbacks.attention_images.num_images=4"]
+    cfg = compose_train_config(tmp_path, overrides)
+    metrics = train(cfg)
+    events = _events(tmp_path / "tensorboard")
+
+    grids = events.Images("val/attention")
+    assert [g.step for g in grids] == [4, 8]  # every epoch: 64 images / batch 16
+    # 4 rows (images) × 3 columns (input | ABN map | CAM) of 32-pixel tiles with 2-pixel padding
+    assert (grids[-1].height, grids[-1].width) == (4 * 34 + 2, 3 * 34 + 2)
+
+    tags = events.Tags()["scalars"]
+    for tag in ["train/loss_att_step", "train/loss_per_step", "val/acc", "val/acc_att", "test/acc", "lr-SGD"]:
+        assert tag in tags
+    assert "hp_metric" not in tags
+
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"hp/test_acc", "hp/test_acc_att", "hp/val_acc"} <= metric_tags
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["model.head"].string_value == "abn"
+    assert session.hparams["model.arch"].string_value == "resnet20"
+    assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(metrics["test/acc"])
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    reloaded = ABNModule.load_from_checkpoint(last, weights_only=True)
+    assert reloaded.hparams.head == "abn"
+
+
+def test_callbacks_and_logger_can_be_switched_off(tmp_path):
+    cfg = compose_train_config(tmp_path, TINY_SHAPES + ["callbacks=none", "logger=none", "trainer.max_epochs=1"])
+    train(cfg)
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+    assert not list(tmp_path.rglob("last.ckpt"))  # only Lightning's own default checkpoint remains
+
+
+def test_unknown_config_key_is_a_hydra_error(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="model.nonexistent"):
+        compose_train_config(tmp_path, ["model.nonexistent=3"])
+
+
+def test_unknown_data_set_lists_the_valid_ones(tmp_path):
+    with pytest.raises(MissingConfigException) as error:
+        compose_train_config(tmp_path, ["data=cifar1000"])
+    assert "fashion_mnist" in str(error.value) and "shapes" in str(error.value)
+
+
+def test_unknown_arch_lists_the_valid_ones(tmp_path):
+    cfg = compose_train_config(tmp_path, ["model.arch=resnet21"])
+    with pytest.raises(Exception, match="valid archs: .*resnet110_bottleneck"):
+        instantiate(cfg.model)
+
+
+def _run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "abn.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cli_reports_a_bad_head_in_one_line(tmp_path):
+    result = _run_cli(["model.head=gradcam"], tmp_path)
+    assert result.returncode != 0
+    assert "valid heads: baseline, cam, abn" in result.stderr
+    assert not (tmp_path / "logs" / "train" / "runs").exists() or not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_multirun_gives_each_job_its_own_folder_and_tensorboard_run(tmp_path):
+    args = ["-m", "model.head=baseline,abn", "trainer.max_epochs=1", "callbacks.attention_images.num_images=2",
+            "hydra.sweep.dir=sweep", *TINY_SHAPES]
+    result = _run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 2 and jobs[0].startswith("0_") and jobs[1].startswith("1_")
+    assert "model.head=baseline" in jobs[0] and "model.head=abn" in jobs[1]
+    heads = []
+    for job in jobs:
+        events = _events(tmp_path / "sweep" / job / "tensorboard")
+        content = events.PluginTagToContent("hparams")
+        session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        heads.append(session.session_start_info.hparams["model.head"].string_value)
+        assert "hp/test_acc" in events.Tags()["scalars"]
+        assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
+    assert heads == ["baseline", "abn"]
+    assert "Training finished." in result.stdout
