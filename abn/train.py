@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -58,6 +59,26 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
+MODEL_IDENTITY = ("arch", "head", "num_classes", "in_chans")
+
+
+def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
+    """Fail early, and say why, when ``ckpt_path`` is missing, unreadable or of another model."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist; give the path of a .ckpt file, e.g. "
+                                "logs/train/runs/<date>/checkpoints/last.ckpt, or ckpt_path=null to start afresh")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    except Exception as error:
+        raise ValueError(f"ckpt_path={path} is not a readable Lightning checkpoint ({error})") from error
+    different = {key: (saved.get(key), model.hparams.get(key)) for key in MODEL_IDENTITY
+                 if saved.get(key) != model.hparams.get(key)}
+    if different:
+        details = ", ".join(f"{key}: checkpoint {old!r} vs config {new!r}" for key, (old, new) in different.items())
+        raise ValueError(f"ckpt_path={path} holds another model ({details}); "
+                         "set the model options to the checkpoint's values or start without ckpt_path")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …)."""
     if cfg.get("seed") is not None:
@@ -68,6 +89,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(cfg.ckpt_path, model)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = final_metrics(trainer)

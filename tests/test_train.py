@@ -143,3 +143,22 @@ def test_multirun_gives_each_job_its_own_folder_and_tensorboard_run(tmp_path):
         assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
     assert heads == ["baseline", "abn"]
     assert "Training finished." in result.stdout
+
+
+def test_resume_checks_the_checkpoint_first(tmp_path):
+    cfg = compose_train_config(tmp_path / "first", TINY_SHAPES + ["trainer.max_epochs=1", "model/scheduler=cosine"])
+    train(cfg)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    other = compose_train_config(tmp_path / "second", TINY_SHAPES + [f"ckpt_path={last}", "model.arch=resnet32"])
+    with pytest.raises(ValueError, match="another model .*arch: checkpoint 'resnet20' vs config 'resnet32'"):
+        train(other)
+    missing = compose_train_config(tmp_path / "third", TINY_SHAPES + [f"ckpt_path={tmp_path / 'nope.ckpt'}"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(missing)
+    assert last.read_bytes() == before  # nothing on disk was touched
+
+    resumed = compose_train_config(tmp_path / "fourth", TINY_SHAPES + [f"ckpt_path={last}", "trainer.max_epochs=2",
+                                                                      "model/scheduler=cosine"])
+    assert "test/acc" in train(resumed)
