@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -19,6 +20,11 @@ STAGES = ("train", "val", "test")
 
 class ABNModule(L.LightningModule):
     """Loss = w_att · CE(attention logits) + w_per · CE(perception logits); heads without a branch use the latter.
+
+    The network is ``create_model(arch, head, num_classes, in_chans, pretrained, split=..., branch_depth=...,
+    **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
+    cores); ``compile`` compiles the network in place with ``nn.Module.compile`` (checkpoint keys are unchanged).
+    Mixed precision is the trainer's job: ``trainer.precision=bf16-mixed``.
 
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``) taking the parameters and the
     optimizer. A scheduler whose ``T_max`` (cosine) or ``total_steps`` (one-cycle) is left out gets the length of
@@ -38,27 +44,55 @@ class ABNModule(L.LightningModule):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
         scheduler_interval: str = "epoch",
+        pretrained: bool = False,
+        split: Optional[str] = None,
+        branch_depth: Union[str, int] = "full",
+        model_kwargs: Optional[dict] = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        top5: bool = False,
     ):
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if isinstance(model_kwargs, DictConfig):  # plain types only: checkpoints load with weights_only=True
+            model_kwargs = OmegaConf.to_container(model_kwargs, resolve=True)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        extra = dict(model_kwargs or {})
+        if split is not None:
+            extra["split"] = split
         self.net = create_model(
-            arch, head, num_classes, in_chans, attention_mode=attention_mode, map_kernel_size=map_kernel_size
+            arch,
+            head,
+            num_classes,
+            in_chans,
+            pretrained=pretrained,
+            attention_mode=attention_mode,
+            map_kernel_size=map_kernel_size,
+            branch_depth=branch_depth,
+            **extra,
         )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.has_branch = head == "abn"
         branches = ("acc", "acc_att") if self.has_branch else ("acc",)
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES for name in branches}
-        )
+        metrics = {f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES for name in branches}
+        if top5:
+            if num_classes <= 5:
+                raise ValueError(f"top5=true needs more than 5 classes, got num_classes={num_classes}")
+            metrics.update({f"{stage}_acc5": MulticlassAccuracy(num_classes, top_k=5, average="micro") for stage in STAGES})
+        self.metrics = nn.ModuleDict(metrics)
 
     def forward(self, x: Tensor) -> ABNOutput:
         return self.net(x)
 
     def _step(self, batch: Any, stage: str) -> Tensor:
-        images, labels = batch[0], batch[1]
+        images, labels = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         out = self.net(images)
         loss_per = F.cross_entropy(out.logits, labels)
         loss = self.hparams.perception_loss_weight * loss_per
@@ -67,6 +101,9 @@ class ABNModule(L.LightningModule):
         log(f"{stage}/loss_per", loss_per)
         self.metrics[f"{stage}_acc"](out.logits, labels)
         log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=True)
+        if self.hparams.top5:
+            self.metrics[f"{stage}_acc5"](out.logits, labels)
+            log(f"{stage}/acc5", self.metrics[f"{stage}_acc5"])
         if out.att_logits is not None:
             loss_att = F.cross_entropy(out.att_logits, labels)
             loss = loss + self.hparams.attention_loss_weight * loss_att

@@ -59,7 +59,7 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
-MODEL_IDENTITY = ("arch", "head", "num_classes", "in_chans")
+MODEL_IDENTITY = ("arch", "head", "num_classes", "in_chans", "split", "branch_depth", "model_kwargs")
 
 
 def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
@@ -71,8 +71,15 @@ def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
         saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     except Exception as error:
         raise ValueError(f"ckpt_path={path} is not a readable Lightning checkpoint ({error})") from error
-    different = {key: (saved.get(key), model.hparams.get(key)) for key in MODEL_IDENTITY
-                 if saved.get(key) != model.hparams.get(key)}
+    # options a checkpoint written before they existed does not hold; no model_kwargs is the same as {}
+    defaults = {"branch_depth": "full", "model_kwargs": {}}
+
+    def identity(hparams: dict, key: str):
+        value = hparams.get(key)
+        return defaults.get(key) if value is None else value
+
+    different = {key: (identity(saved, key), identity(model.hparams, key)) for key in MODEL_IDENTITY
+                 if identity(saved, key) != identity(model.hparams, key)}
     if different:
         details = ", ".join(f"{key}: checkpoint {old!r} vs config {new!r}" for key, (old, new) in different.items())
         raise ValueError(f"ckpt_path={path} holds another model ({details}); "
@@ -99,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(final_metrics(trainer))
 
     hp_metrics = {f"hp/{name.replace('/', '_')}": value for name, value in metrics.items()
-                  if name.split("/")[-1] in ("acc", "acc_att", "loss") and not math.isnan(value)}
+                  if name.split("/")[-1] in ("acc", "acc5", "acc_att", "loss") and not math.isnan(value)}
     for logger in loggers:
         logger.log_hyperparams(hparams_for_tensorboard(cfg), metrics=hp_metrics)
         logger.finalize("success")

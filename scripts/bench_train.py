@@ -1,96 +1,244 @@
-"""Training throughput and MACs of the baseline and ABN heads of one backbone.
+"""Training throughput of every backbone: baseline vs ABN, ours vs the official ABN code, and speed switches.
 
-    python scripts/bench_train.py --arch resnet20 --batch-size 128 --image-size 32
+    python scripts/bench_train.py --arch resnet20 --batch-size 128 --light
+    python scripts/bench_train.py --arch resnet110_bottleneck densenet_bc100 --batch-size 32 \\
+        --official-repo /path/to/attention_branch_network
+    python scripts/bench_train.py --arch resnet110_bottleneck --switches --no-heads          # all switches
+    python scripts/bench_train.py --arch resnet20 --switches channels_last bf16 --no-heads
+    python scripts/bench_train.py --arch all --steps 2 --warmup 1 --repeats 1 --batch-size 8
 
-Prints, per head: parameters, MACs per image (forward), training images/s (forward + backward + SGD step), and
-whether ABN's speed ratio to the baseline matches the inverse of its MAC ratio (the branch should cost its
-arithmetic and nothing more). Runs on the CPU, and also on CUDA when a GPU is present.
+Per arch it prints Markdown rows: parameters and MACs per image of the baseline and ABN heads (``--light``: and of
+ABN with the light branch), training images/s (forward + backward + SGD step on a fixed batch) of each, and each
+one's speed relative to the baseline beside the inverse of its MAC ratio (what a cost-proportional speed would be). ``--official-repo`` points at a checkout of github.com/machine-perception-robotics-group/
+attention_branch_network: its model definitions are imported from there at run time and timed against ours on the
+same input, batch and device, interleaved so that a slow moment of the machine hits both. ``--switches`` times the
+ABN head with channels_last, bf16 autocast and torch.compile (or those named), each against no switch. Inputs
+default to each arch's native size.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from abn.models import create_model, list_models
+from abn.models import ABNOutput, create_model, list_models, model_info
+
+# our arch → (file in the official repository, constructor, its arguments); only networks that are the same
+OFFICIAL = {
+    # the official CIFAR ResNet has basic blocks below depth 44 and bottlenecks from there on
+    "resnet20": ("models/cifar/resnet.py", "resnet", {"depth": 20}),
+    "resnet32": ("models/cifar/resnet.py", "resnet", {"depth": 32}),
+    "resnet110_bottleneck": ("models/cifar/resnet.py", "resnet", {"depth": 110}),
+    "densenet_bc100": ("models/cifar/densenet.py", "densenet", {"depth": 100, "growthRate": 12, "compressionRate": 2}),
+    "wrn28_10": ("models/cifar/wrn.py", "wrn", {"depth": 28, "widen_factor": 10, "dropRate": 0.3}),
+    "resnext29_8x64d": ("models/cifar/resnext.py", "resnext", {"cardinality": 8, "depth": 29, "widen_factor": 4}),
+    **{f"resnet{d}": ("models/imagenet/resnet.py", f"resnet{d}", {}) for d in (18, 34, 50, 101, 152)},
+}
 
 
-def macs_per_image(model: torch.nn.Module, image_size: int, in_chans: int) -> float:
+SWITCHES = {"channels_last": "channels_last", "bf16": "bf16 autocast", "compile": "torch.compile"}
+
+
+class OfficialABN(nn.Module):
+    """The official model, returning our ABNOutput (it returns attention logits, logits, map)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> ABNOutput:
+        att_logits, logits, attention = self.model(x)
+        return ABNOutput(logits, att_logits, attention)
+
+
+def official_model(repo: Path, arch: str, num_classes: int) -> nn.Module:
+    path, constructor, kwargs = OFFICIAL[arch]
+    if not (repo / path).is_file():
+        raise SystemExit(f"{repo / path} not found: --official-repo must be a checkout of "
+                         "https://github.com/machine-perception-robotics-group/attention_branch_network")
+    spec = importlib.util.spec_from_file_location(f"official_{Path(path).stem}_{arch}", repo / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return OfficialABN(getattr(module, constructor)(num_classes=num_classes, **kwargs))
+
+
+def macs_per_image(model: nn.Module, image_size: int, in_chans: int) -> float:
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, in_chans, image_size, image_size))
     return counter.get_total_flops() / 2  # a multiply-accumulate is two FLOPs
 
 
-def train_images_per_second(model, device, batch_size, image_size, in_chans, num_classes, steps, warmup) -> float:
-    model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(batch_size, in_chans, image_size, image_size, device=device)
-    labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    for step in range(warmup + steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        out = model(images)
-        loss = F.cross_entropy(out.logits, labels)
-        if out.att_logits is not None:
-            loss = loss + F.cross_entropy(out.att_logits, labels)
-        optimizer.zero_grad(set_to_none=True)
+class Timer:
+    """Training steps of one model on a fixed batch; ``run`` returns images/s over ``steps`` steps."""
+
+    def __init__(self, model: nn.Module, device: torch.device, batch: int, size: int, in_chans: int, classes: int,
+                 channels_last: bool = False, bf16: bool = False, compile: bool = False):
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=memory_format).train()
+        if compile:
+            self.model.compile()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.images = torch.randn(batch, in_chans, size, size, device=device).contiguous(memory_format=memory_format)
+        self.labels = torch.randint(0, classes, (batch,), device=device)
+        self.device, self.bf16 = device, bf16
+
+    def step(self) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(self.images)
+            loss = F.cross_entropy(out.logits, self.labels)
+            if out.att_logits is not None:
+                loss = loss + F.cross_entropy(out.att_logits, self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - start)
+        self.optimizer.step()
+
+    def run(self, steps: int) -> float:
+        self._sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self._sync()
+        return steps * len(self.labels) / (time.perf_counter() - start)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def interleaved(timers: dict[str, Timer], steps: int, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Images/s of each timer in each of ``repeats`` rounds, the timers taking turns within a round."""
+    for timer in timers.values():
+        for _ in range(warmup):
+            timer.step()
+    speeds: dict[str, list[float]] = {name: [] for name in timers}
+    for round_ in range(repeats):
+        names = list(timers) if round_ % 2 == 0 else list(reversed(timers))  # neither always goes first
+        for name in names:
+            speeds[name].append(timers[name].run(steps))
+    return speeds
+
+
+def paired_ratio(speeds: dict[str, list[float]], a: str, b: str) -> str:
+    """Median over rounds of speed a / speed b, with the range: each round times both back to back."""
+    ratios = [x / y for x, y in zip(speeds[a], speeds[b])]
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
+def build(arch: str, head: str, classes: int, in_chans: int, **options) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(arch, head=head, num_classes=classes, in_chans=in_chans, **options)
+
+
+def try_speeds(make: Callable[[], dict[str, Timer]], args) -> Optional[dict[str, float]]:
+    try:
+        return {name: statistics.median(values) for name, values in interleaved(make(), args.steps, args.warmup,
+                                                                                 args.repeats).items()}
+    except Exception as error:  # e.g. torch.compile without a working compiler: report, go on
+        print(f"  failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}", file=sys.stderr)
+        return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet20", choices=list_models())
+    parser.add_argument("--arch", nargs="+", default=["resnet20"], help=f"one or more of {', '.join(list_models())}, or all")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the arch's native size (32 or 224)")
     parser.add_argument("--in-chans", type=int, default=3)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per head and device")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: 10 at 32 px, 1000 at 224 px")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per head; the best is kept")
-    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cuda is skipped without a GPU")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are printed")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--official-repo", type=Path, default=None, help="checkout of the official ABN code")
+    parser.add_argument("--switches", nargs="*", choices=SWITCHES, default=None,
+                        help="time the ABN head with these speed switches (none named: all of them)")
+    parser.add_argument("--no-heads", action="store_true", help="skip the baseline-vs-ABN table")
+    parser.add_argument("--light", action="store_true", help="add the ABN with the light branch to that table")
     args = parser.parse_args()
 
-    devices = [torch.device(d) for d in args.devices if d != "cuda" or torch.cuda.is_available()]
-    print(f"arch={args.arch} batch={args.batch_size} input={args.in_chans}x{args.image_size}x{args.image_size} "
-          f"classes={args.num_classes} torch={torch.__version__} cpu threads={torch.get_num_threads()}")
-    for device in devices:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        rows = {}
-        for head in ("baseline", "abn"):
-            torch.manual_seed(0)
-            model = create_model(args.arch, head=head, num_classes=args.num_classes, in_chans=args.in_chans)
-            rows[head] = {
-                "model": model,
-                "params": sum(p.numel() for p in model.parameters()),
-                "macs": macs_per_image(model, args.image_size, args.in_chans),
-                "speed": 0.0,
-            }
-        for _ in range(args.repeats):  # alternate heads so that a slow moment of the machine hits both
-            for head, row in rows.items():
-                speed = train_images_per_second(row["model"], device, args.batch_size, args.image_size,
-                                                args.in_chans, args.num_classes, args.steps, args.warmup)
-                row["speed"] = max(row["speed"], speed)
-        print(f"\n{name}")
-        print(f"{'head':<10}{'params':>12}{'MMACs/img':>12}{'train img/s':>14}")
-        for head, row in rows.items():
-            print(f"{head:<10}{row['params']:>12,}{row['macs'] / 1e6:>12.1f}{row['speed']:>14.1f}")
-        mac_ratio = rows["abn"]["macs"] / rows["baseline"]["macs"]
-        speed_ratio = rows["abn"]["speed"] / rows["baseline"]["speed"]
-        gap = speed_ratio * mac_ratio - 1
-        print(f"ABN / baseline: MACs x{mac_ratio:.2f}, speed x{speed_ratio:.3f}, inverse MAC ratio {1 / mac_ratio:.3f}: "
-              f"{100 * gap:+.1f} % from cost-proportional ({'within' if abs(gap) <= 0.10 else 'outside'} 10 %"
-              f"{', ABN faster than its MACs predict' if gap > 0 else ''})")
+    archs = list_models() if args.arch == ["all"] else args.arch
+    for arch in archs:
+        model_info(arch)  # a clear error for an unknown name
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; torch {torch.__version__}; batch {args.batch_size}; "
+          f"{args.steps} steps × {args.repeats} interleaved rounds (median), {args.warmup} warm-up steps\n")
+
+    settings = {}
+    for arch in archs:
+        size = args.image_size or model_info(arch).input_size
+        settings[arch] = (size, args.num_classes or (10 if size <= 64 else 1000))
+    if not args.no_heads:
+        print("| arch | input | network | params | MACs/img | train img/s | speed vs baseline, median (range) of rounds "
+              "| baseline MACs / MACs |")
+        print("|---|---|---|---|---|---|---|---|")
+    for arch in [] if args.no_heads else archs:
+        size, classes = settings[arch]
+        models = {"baseline": build(arch, "baseline", classes, args.in_chans),
+                  "ABN": build(arch, "abn", classes, args.in_chans)}
+        if args.light:
+            models["ABN, light branch"] = build(arch, "abn", classes, args.in_chans, branch_depth="light")
+        params = {h: sum(p.numel() for p in m.parameters()) for h, m in models.items()}
+        macs = {h: macs_per_image(m, size, args.in_chans) for h, m in models.items()}
+        timers = {h: Timer(m, device, args.batch_size, size, args.in_chans, classes) for h, m in models.items()}
+        speeds = interleaved(timers, args.steps, args.warmup, args.repeats)
+        for name in models:
+            print(f"| {arch} | {size} | {name} | {params[name] / 1e6:.2f} M | {macs[name] / 1e6:,.0f} M "
+                  f"| {statistics.median(speeds[name]):.1f} | {paired_ratio(speeds, name, 'baseline')} "
+                  f"| {macs['baseline'] / macs[name]:.3f} |", flush=True)
+        del models, timers
+
+    if args.official_repo is not None:
+        print("\n| arch | input | params ours | params official | MACs/img ours | MACs/img official "
+              "| img/s ours (ABN) | img/s official | ours / official, median (range) of rounds |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for arch in archs:
+            size, classes = settings[arch]
+            if arch not in OFFICIAL:
+                print(f"| {arch} | {size} | | | | | | | no official counterpart |")
+                continue
+            if size != model_info(arch).input_size:  # the official code hard-codes its pooling sizes
+                print(f"| {arch} | {size} | | | | | | | the official code runs only at {model_info(arch).input_size} |")
+                continue
+            ours, theirs = build(arch, "abn", classes, args.in_chans), official_model(args.official_repo, arch, classes)
+            counts = [sum(p.numel() for p in m.parameters()) for m in (ours, theirs)]
+            macs = [macs_per_image(m, size, args.in_chans) / 1e6 for m in (ours, theirs)]
+            timers = {name: Timer(m, device, args.batch_size, size, args.in_chans, classes)
+                      for name, m in (("ours", ours), ("official", theirs))}
+            speeds = interleaved(timers, args.steps, args.warmup, args.repeats)
+            print(f"| {arch} | {size} | {counts[0]:,} | {counts[1]:,} | {macs[0]:,.0f} M | {macs[1]:,.0f} M "
+                  f"| {statistics.median(speeds['ours']):.1f} | {statistics.median(speeds['official']):.1f} "
+                  f"| {paired_ratio(speeds, 'ours', 'official')} |", flush=True)
+            del ours, theirs, timers
+
+    if args.switches is not None:
+        switches = args.switches or list(SWITCHES)
+        print("\n| arch | ABN img/s, no switch | " + " | ".join(SWITCHES[n] for n in switches) + " |")
+        print("|---|---|" + "---|" * len(switches))
+        for arch in archs:
+            size, classes = settings[arch]
+            speeds = {}
+            for name in ["plain", *switches]:  # each timed on its own: compile is slow to warm up
+                def make(name=name):
+                    options = {} if name == "plain" else {name: True}
+                    return {name: Timer(build(arch, "abn", classes, args.in_chans), device, args.batch_size, size,
+                                        args.in_chans, classes, **options)}
+                result = try_speeds(make, args)
+                speeds[name] = result[name] if result else None
+            plain = speeds["plain"]
+            cells = [f"{speeds[n]:.1f} (×{speeds[n] / plain:.2f})" if speeds[n] else "failed" for n in switches]
+            print(f"| {arch} | {plain:.1f} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

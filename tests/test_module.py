@@ -96,3 +96,45 @@ def test_checkpoint_reloads_to_identical_logits(tmp_path):
     with torch.no_grad():
         a, b = module(images), reloaded(images)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.attention, b.attention)
+
+
+def _fit_one_batch(module: ABNModule, **trainer_options) -> None:
+    images, labels = _batch()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=6)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False, **trainer_options)
+    trainer.fit(module, loader, loader)
+
+
+def test_channels_last_switch_stores_weights_nhwc_and_trains():
+    module = ABNModule(arch="resnet20", head="abn", num_classes=3, channels_last=True)
+    conv = module.net.features.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    _fit_one_batch(module)
+
+
+def test_compile_switch_keeps_the_checkpoint_keys():
+    plain = ABNModule(arch="resnet20", head="abn", num_classes=3)
+    compiled = ABNModule(arch="resnet20", head="abn", num_classes=3, compile=True)
+    assert compiled.net._compiled_call_impl is not None  # compiled lazily, at the first forward
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+def test_bf16_autocast_through_the_trainer():
+    module = ABNModule(arch="resnet20", head="abn", num_classes=3)
+    _fit_one_batch(module, precision="bf16-mixed")
+    assert torch.isfinite(next(module.parameters())).all()
+
+
+def test_top5_is_logged_when_asked_and_refused_for_few_classes():
+    module = ABNModule(arch="resnet20", head="baseline", num_classes=8, top5=True).eval()
+    module.log = _Recorder()
+    module._step((torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 7, 3])), "test")
+    assert "test/acc5" in module.log.logged
+    with pytest.raises(ValueError, match="top5=true needs more than 5 classes"):
+        ABNModule(num_classes=5, top5=True)
+
+
+def test_model_options_reach_the_builder():
+    module = ABNModule(arch="wrn16_8", head="abn", num_classes=3, branch_depth="light", model_kwargs={"widen_factor": 1})
+    assert len(module.net.attention_branch.stage) == 1
+    assert module.net.last_stage.block3[0].conv1.out_channels == 64  # 64 × widen_factor 1

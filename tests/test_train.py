@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from abn.module import ABNModule
-from abn.train import train
+from abn.train import check_resume_checkpoint, train
 
 from .conftest import TINY_SHAPES, compose_train_config
 
@@ -162,3 +162,12 @@ def test_resume_checks_the_checkpoint_first(tmp_path):
     resumed = compose_train_config(tmp_path / "fourth", TINY_SHAPES + [f"ckpt_path={last}", "trainer.max_epochs=2",
                                                                       "model/scheduler=cosine"])
     assert "test/acc" in train(resumed)
+
+
+def test_resume_accepts_a_checkpoint_written_before_the_model_options_existed(tmp_path):
+    """Checkpoints of the first release hold no split, branch_depth or model_kwargs: they mean None, full, {}."""
+    old = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": {"arch": "resnet20", "head": "abn", "num_classes": 3, "in_chans": 3}}, old)
+    check_resume_checkpoint(str(old), ABNModule(arch="resnet20", head="abn", num_classes=3, model_kwargs={}))
+    with pytest.raises(ValueError, match="branch_depth: checkpoint 'full' vs config 'light'"):
+        check_resume_checkpoint(str(old), ABNModule(arch="resnet20", head="abn", num_classes=3, branch_depth="light"))

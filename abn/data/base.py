@@ -7,7 +7,7 @@ from typing import Sequence
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -63,3 +63,18 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+def hold_out(train_view: Dataset, eval_view: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """Split a training set into (train, validation) subsets, seeded; ``eval_view`` is the same images with the
+    evaluation transform, so validation images are not augmented."""
+    total = len(train_view)
+    if not 0 < val_size < total:
+        raise ValueError(f"val_size={val_size} must be between 1 and {total - 1} (the training split has {total} images)")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(train_view, order[val_size:]), Subset(eval_view, order[:val_size])
+
+
+def check_not_empty(name: str, dataset: Dataset, where: str) -> None:
+    if len(dataset) == 0:
+        raise ValueError(f"the {name} split is empty ({where}); check the data root and the split options")

@@ -1,9 +1,9 @@
 """Models: ``create_model(arch, head, num_classes, in_chans)`` builds any registered backbone as a
 ``baseline``, ``cam`` or ``abn`` network; every one returns :class:`ABNOutput`."""
 
-from . import resnet_cifar  # noqa: F401  (registers the CIFAR ResNets)
-from .network import ABNOutput, AttentionBranch, AttentionBranchNetwork, GapLinearHead
-from .registry import HEADS, create_model, list_models, register_model
+from . import densenet, resnet_cifar, resnet_imagenet, resnext, vgg, wide_resnet  # noqa: F401  (each registers its archs)
+from .network import ABNOutput, AttentionBranch, AttentionBranchNetwork, GapLinearHead, resolve_branch_depth
+from .registry import HEADS, ModelInfo, create_model, list_models, model_info, register_model
 
 __all__ = [
     "ABNOutput",
@@ -11,7 +11,10 @@ __all__ = [
     "AttentionBranchNetwork",
     "GapLinearHead",
     "HEADS",
+    "ModelInfo",
     "create_model",
     "list_models",
+    "model_info",
     "register_model",
+    "resolve_branch_depth",
 ]

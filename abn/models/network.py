@@ -13,12 +13,32 @@ Built without an attention branch, the same code gives the ``baseline`` and ``ca
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ATTENTION_MODES = ("residual", "multiply")
+HEADS = ("baseline", "cam", "abn")
+BranchDepth = Union[str, int]
+
+
+def resolve_branch_depth(branch_depth: BranchDepth, num_blocks: int) -> int:
+    """How many blocks of the last stage the attention branch copies.
+
+    ``"full"`` copies the whole stage (the official code), ``"light"`` one block, an integer that many blocks.
+    """
+    if branch_depth == "full":
+        return num_blocks
+    if branch_depth == "light":
+        return 1
+    if isinstance(branch_depth, int) and not isinstance(branch_depth, bool) and 1 <= branch_depth <= num_blocks:
+        return branch_depth
+    raise ValueError(
+        f"branch_depth must be 'full', 'light' or a block count from 1 to {num_blocks} (the blocks in this "
+        f"stage), got {branch_depth!r}"
+    )
 
 
 class ABNOutput(NamedTuple):
@@ -31,6 +51,16 @@ class ABNOutput(NamedTuple):
     logits: Tensor
     att_logits: Optional[Tensor] = None
     attention: Optional[Tensor] = None
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convolutions and unit BatchNorm, as the official code initialises."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class AttentionBranch(nn.Module):
@@ -48,6 +78,11 @@ class AttentionBranch(nn.Module):
         self.logit_conv = nn.Conv2d(num_classes, num_classes, kernel_size=1, bias=False)
         self.map_conv = nn.Conv2d(num_classes, 1, kernel_size=map_kernel_size, padding=map_kernel_size // 2, bias=False)
         self.map_bn = nn.BatchNorm2d(1)
+
+    def init_new_layers(self) -> None:
+        """Initialise the layers after the stage copy, leaving the copy (which may hold pretrained weights) as is."""
+        for layer in (self.bn, self.class_conv, self.class_bn, self.logit_conv, self.map_conv, self.map_bn):
+            init_weights(layer)
 
     def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
         a = self.bn(self.stage(g))
@@ -92,6 +127,8 @@ class AttentionBranchNetwork(nn.Module):
         head_name: str = "baseline",
     ):
         super().__init__()
+        if head_name not in HEADS:
+            raise ValueError(f"unknown head {head_name!r}; valid heads: {', '.join(HEADS)}")
         if attention_mode not in ATTENTION_MODES:
             raise ValueError(f"unknown attention_mode {attention_mode!r}; valid: {', '.join(ATTENTION_MODES)}")
         self.features = features
@@ -116,6 +153,9 @@ class AttentionBranchNetwork(nn.Module):
         att_logits = attention = None
         if self.attention_branch is not None:
             att_logits, attention = self.attention_branch(g)
+            if attention.shape[-2:] != g.shape[-2:]:
+                # a stage copy whose stride-1 form is not size-preserving (e.g. a 2×2 patch conv); rare
+                attention = F.interpolate(attention, size=g.shape[-2:], mode="bilinear", align_corners=False)
             g = g * (1.0 + attention) if self.attention_mode == "residual" else g * attention
         return self.last_stage(g), att_logits, attention
 
@@ -132,3 +172,28 @@ class AttentionBranchNetwork(nn.Module):
         if target is None:
             target = self.head(feature_map).argmax(dim=1)
         return self.head.class_activation_map(feature_map, target)
+
+
+def assemble(
+    head: str,
+    features: nn.Module,
+    last_stage: nn.Module,
+    classifier: nn.Module,
+    num_classes: int,
+    in_chans: int,
+    attention_mode: str = "residual",
+    branch: Optional[AttentionBranch] = None,
+) -> AttentionBranchNetwork:
+    """The network of a backbone's parts; ``branch`` is given for the ``abn`` head and only for it."""
+    if (branch is not None) != (head == "abn"):
+        raise ValueError(f"the {head!r} head {'needs' if head == 'abn' else 'has no'} attention branch")
+    return AttentionBranchNetwork(
+        features=features,
+        last_stage=last_stage,
+        head=classifier,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        attention_branch=branch,
+        attention_mode=attention_mode,
+        head_name=head,
+    )

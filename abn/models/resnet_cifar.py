@@ -9,6 +9,7 @@ Two layouts share this file:
 
 Shortcuts that change shape are 1×1 conv + BN (as in the official ABN code). The ABN split is before the third
 stage: the attention branch runs a stride-1 copy of it, so a 32×32 input gives a 16×16 map.
+``branch_depth="light"`` copies only the stage's first block.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Type, Union
 
 from torch import Tensor, nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, GapLinearHead
-from .registry import HEADS, register_model
+from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -37,7 +38,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        out += self.shortcut(x)  # in place, as torchvision and the official code: less memory traffic
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -59,7 +61,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + self.shortcut(x))
+        out += self.shortcut(x)
+        return self.relu(out)
 
 
 Block = Type[Union[BasicBlock, Bottleneck]]
@@ -77,16 +80,6 @@ def make_stage(block: Block, in_planes: int, planes: int, num_blocks: int, strid
     return nn.Sequential(*blocks)
 
 
-def init_weights(model: nn.Module) -> None:
-    """He-normal (fan-out) convolutions and unit BatchNorm, as the official code initialises."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def cifar_resnet(
     block: Block,
     blocks_per_stage: int,
@@ -95,9 +88,8 @@ def cifar_resnet(
     in_chans: int = 3,
     attention_mode: str = "residual",
     map_kernel_size: int = 3,
+    branch_depth: BranchDepth = "full",
 ) -> AttentionBranchNetwork:
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     e = block.expansion
     features = nn.Sequential(
         OrderedDict(
@@ -110,17 +102,17 @@ def cifar_resnet(
     )
     branch = None
     if head == "abn":
-        stage_copy = make_stage(block, 32 * e, 64, blocks_per_stage, stride=1)
+        stage_copy = make_stage(block, 32 * e, 64, resolve_branch_depth(branch_depth, blocks_per_stage), stride=1)
         branch = AttentionBranch(stage_copy, 64 * e, num_classes, map_kernel_size)
-    model = AttentionBranchNetwork(
-        features=features,
+    model = assemble(
+        head,
+        features,
         last_stage=make_stage(block, 32 * e, 64, blocks_per_stage, stride=2),
-        head=GapLinearHead(64 * e, num_classes),
-        in_chans=in_chans,
+        classifier=GapLinearHead(64 * e, num_classes),
         num_classes=num_classes,
-        attention_branch=branch,
+        in_chans=in_chans,
         attention_mode=attention_mode,
-        head_name=head,
+        branch=branch,
     )
     init_weights(model)
     return model

@@ -6,9 +6,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from abn.models import HEADS, ABNOutput, AttentionBranchNetwork, create_model, list_models
+from abn.models import HEADS, ABNOutput, AttentionBranchNetwork, create_model, list_models, model_info
 
 ARCHS = list_models()
+# Narrower or shallower versions of the big models, for the tests that run backward (builder options).
+SMALL = {
+    "densenet_bc100": {"depth": 40},
+    "wrn16_8": {"widen_factor": 1},
+    "wrn28_10": {"widen_factor": 1},
+    "wrn40_4": {"widen_factor": 1},
+    "resnext29_8x64d": {"base_channels": 8},
+    "resnext29_16x64d": {"base_channels": 8},
+    "vgg16_bn_cifar": {"width": 16},
+}
+
+
+def input_size(arch: str) -> int:
+    """32 for the CIFAR-size archs; 64 (small but enough stages to keep a spatial map) for the ImageNet ones."""
+    return 32 if model_info(arch).input_size <= 64 else 64
 
 
 @pytest.fixture(autouse=True)
@@ -16,33 +31,63 @@ def _seed():
     torch.manual_seed(0)
 
 
+def abn_loss(out: ABNOutput, labels: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(out.logits, labels)
+    return loss if out.att_logits is None else loss + F.cross_entropy(out.att_logits, labels)
+
+
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_output_shapes_and_map_range(arch, head):
+def test_output_shapes_and_map(arch, head):
+    size = input_size(arch)
     model = create_model(arch, head=head, num_classes=7).eval()
-    out = model(torch.randn(2, 3, 32, 32))
-    assert isinstance(out, ABNOutput)
-    assert out.logits.shape == (2, 7)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        out = model(x)
+        g = model.features(x)
+    assert isinstance(out, ABNOutput) and model.head_name == head
+    assert out.logits.shape == (2, 7) and torch.isfinite(out.logits).all()
     if head == "abn":
         assert out.att_logits.shape == (2, 7)
-        assert out.attention.shape == (2, 1, 16, 16)  # the official CIFAR map size
+        # one map per image at the resolution of the features it weights
+        assert out.attention.shape == (2, 1, *g.shape[-2:])
         assert out.attention.min() >= 0 and out.attention.max() <= 1
     else:
         assert out.att_logits is None and out.attention is None
+        assert model.attention_branch is None
 
 
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gradient_reaches_every_parameter(arch, head):
-    model = create_model(arch, head=head, num_classes=5)
-    out = model(torch.randn(2, 3, 16, 16))
-    labels = torch.tensor([1, 3])
-    loss = F.cross_entropy(out.logits, labels)
-    if out.att_logits is not None:
-        loss = loss + F.cross_entropy(out.att_logits, labels)
-    loss.backward()
+def test_gradient_reaches_every_parameter_and_a_step_lowers_the_loss(arch, head):
+    size = input_size(arch)
+    model = create_model(arch, head=head, num_classes=5, **SMALL.get(arch, {}))
+    x, labels = torch.randn(4, 3, size, size), torch.tensor([1, 3, 0, 4])
+    abn_loss(model(x), labels).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reaches {missing}"
+    # the step is checked in eval mode: batch statistics of 4 tiny images make the train-mode loss too rough
+    # for a first-order step to be sure to descend
+    model.eval().zero_grad()
+    loss = abn_loss(model(x), labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+    torch.optim.SGD(model.parameters(), lr=1e-3).step()
+    with torch.no_grad():
+        assert abn_loss(model(x), labels) < loss
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_light_branch_copies_one_block(arch):
+    size = input_size(arch)
+    full = create_model(arch, head="abn", num_classes=5, **SMALL.get(arch, {}))
+    light = create_model(arch, head="abn", num_classes=5, branch_depth="light", **SMALL.get(arch, {}))
+    count = lambda m: sum(p.numel() for p in m.attention_branch.parameters())  # noqa: E731
+    assert count(light) < count(full)
+    with torch.no_grad():
+        assert light.eval()(torch.randn(1, 3, size, size)).attention.shape == full.eval()(torch.randn(1, 3, size, size)).attention.shape
+    with pytest.raises(ValueError, match="branch_depth must be 'full', 'light' or a block count"):
+        create_model(arch, head="abn", branch_depth=0, **SMALL.get(arch, {}))
 
 
 @pytest.mark.parametrize("size", [(20, 20), (40, 24), (64, 64)])
@@ -120,6 +165,11 @@ def test_map_kernel_size_option():
     assert model.attention_branch.map_conv.kernel_size == (1, 1)
     with pytest.raises(ValueError, match="map_kernel_size"):
         create_model("resnet20", head="abn", map_kernel_size=5)
+
+
+def test_pretrained_on_an_arch_without_weights_names_those_with_weights():
+    with pytest.raises(ValueError, match="resnet20.*has no pretrained weights; pretrained=true applies to"):
+        create_model("resnet20", pretrained=True)
 
 
 def test_unknown_names_list_the_valid_ones():

@@ -1,0 +1,40 @@
+"""torchvision models with or without their ImageNet weights, and a clear message when the weights are out of reach."""
+
+from __future__ import annotations
+
+import os
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torch import nn
+
+
+def weights_cache_dir() -> str:
+    """Where torch keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def torchvision_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``torchvision.models.get_model(name)``, with its default ImageNet weights when ``pretrained``.
+
+    Weights already in :func:`weights_cache_dir` load without network access; otherwise torchvision downloads
+    them, and a failed download raises an error that names the file, its URL and where to put it.
+    """
+    try:
+        builder_weights = torchvision.models.get_model_weights(name)
+    except ValueError:
+        valid = ", ".join(torchvision.models.list_models(module=torchvision.models))
+        raise ValueError(f"unknown torchvision model {name!r}; valid names: {valid}") from None
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    weights = builder_weights.DEFAULT
+    try:
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
+    except (URLError, OSError, RuntimeError) as error:
+        file_name = os.path.basename(weights.url)
+        raise RuntimeError(
+            f"could not load the ImageNet weights {weights} of {name} ({error}). Download {weights.url} on a "
+            f"machine with network access and copy it to {os.path.join(weights_cache_dir(), file_name)} "
+            "(set TORCH_HOME to use another cache), or train from scratch with pretrained=false."
+        ) from error

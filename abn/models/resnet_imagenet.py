@@ -1,0 +1,91 @@
+"""ImageNet ResNet-18/34/50/101/152 (torchvision's classes) as baseline, CAM and ABN networks.
+
+The split of the official ABN code: features = stem + layer1..layer3; the attention branch runs a stride-1 copy of
+layer4 (a 14×14 map on 224×224 inputs); the perception branch is layer4 + GAP + fc. The branch's copy is taken after
+torchvision's weights are loaded, so ``pretrained=True`` starts the shared layers, layer4 *and* its copy from the
+ImageNet weights (the official code's pretrained path fails: it loads strictly without the branch's keys).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, resolve_branch_depth
+from .pretrained import torchvision_model
+from .registry import register_model
+
+
+def adapt_first_conv(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    """The same convolution for ``in_chans`` inputs; RGB filters are summed (grey) or tiled and rescaled."""
+    if in_chans == conv.in_channels:
+        return conv
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        if in_chans == 1:
+            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        else:
+            repeats = -(-in_chans // conv.in_channels)
+            tiled = conv.weight.repeat(1, repeats, 1, 1)[:, :in_chans]
+            new.weight.copy_(tiled * conv.in_channels / in_chans)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def stride_one_copy(stage: nn.Sequential, num_blocks: int) -> nn.Sequential:
+    """The first ``num_blocks`` blocks of a torchvision ResNet stage, weights included, with every stride set to 1."""
+    blocks = copy.deepcopy(stage[:num_blocks])
+    for module in blocks.modules():
+        if isinstance(module, nn.Conv2d):
+            module.stride = (1, 1)
+    return blocks
+
+
+def imagenet_resnet(
+    name: str,
+    head: str = "abn",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    attention_mode: str = "residual",
+    map_kernel_size: int = 3,
+    branch_depth: BranchDepth = "full",
+) -> AttentionBranchNetwork:
+    net = torchvision_model(name, pretrained)
+    features = nn.Sequential(
+        OrderedDict(
+            conv1=adapt_first_conv(net.conv1, in_chans),
+            bn1=net.bn1,
+            relu=net.relu,
+            maxpool=net.maxpool,
+            layer1=net.layer1,
+            layer2=net.layer2,
+            layer3=net.layer3,
+        )
+    )
+    channels = net.fc.in_features
+    classifier = GapLinearHead(channels, num_classes)
+    if num_classes == net.fc.out_features:
+        classifier.fc = net.fc
+    branch = None
+    if head == "abn":
+        stage_copy = stride_one_copy(net.layer4, resolve_branch_depth(branch_depth, len(net.layer4)))
+        branch = AttentionBranch(stage_copy, channels, num_classes, map_kernel_size)
+        branch.init_new_layers()  # the stage copy keeps what was loaded
+    return assemble(head, features, net.layer4, classifier, num_classes, in_chans, attention_mode, branch)
+
+
+def _register(name: str) -> None:
+    def build(**kwargs) -> AttentionBranchNetwork:
+        return imagenet_resnet(name, **kwargs)
+
+    build.__doc__ = f"torchvision's {name} split before layer4 (pretrained=True loads its ImageNet weights)."
+    register_model(name, input_size=224, pretrained=True)(build)
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    _register(_name)

@@ -1,0 +1,137 @@
+"""CIFAR-10/100, SVHN and ImageNet data modules on tiny copies in each data set's real on-disk format."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from abn.data import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule, SVHNDataModule
+
+
+def write_cifar(root: Path, hundred: bool, per_batch: int = 6, test_size: int = 5) -> None:
+    """The python-pickle layout of cifar-10-batches-py / cifar-100-python."""
+    rng = np.random.default_rng(0)
+    key = "fine_labels" if hundred else "labels"
+    classes = 100 if hundred else 10
+    if hundred:
+        folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
+        meta_name, meta = "meta", {"fine_label_names": [f"c{i}" for i in range(100)]}
+    else:
+        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
+        meta_name, meta = "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}
+    folder.mkdir(parents=True)
+    for name in train_files + test_files:
+        n = test_size if name in test_files else per_batch
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: rng.integers(0, classes, n).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / meta_name).write_bytes(pickle.dumps(meta))
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_reads_the_pickled_batches(tmp_path: Path, hundred: bool):
+    write_cifar(tmp_path, hundred)
+    module_class = CIFAR100DataModule if hundred else CIFAR10DataModule
+    dm = module_class(root=str(tmp_path), download=False, batch_size=4, num_workers=0)
+    dm.setup()
+    assert dm.num_classes == (100 if hundred else 10) and len(dm.classes) == dm.num_classes
+    expected_train = 6 if hundred else 30
+    assert len(dm.train_set) == expected_train and len(dm.test_set) == 5 and dm.val_set is dm.test_set
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64
+    # normalised with the official statistics: de-normalising gives back pixel values in [0, 1]
+    raw = torch.from_numpy(dm.test_set.data[:4]).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(dm.denormalize(images), raw, atol=1e-5, rtol=0)
+
+
+def test_cifar_validation_split_is_held_out_and_seeded(tmp_path: Path):
+    write_cifar(tmp_path, hundred=False)
+    splits = []
+    for _ in range(2):
+        dm = CIFAR10DataModule(root=str(tmp_path), download=False, val_size=8, seed=3, num_workers=0)
+        dm.setup()
+        splits.append((sorted(dm.train_set.indices), sorted(dm.val_set.indices)))
+    (train_idx, val_idx), again = splits
+    assert len(val_idx) == 8 and len(train_idx) == 22 and not set(train_idx) & set(val_idx)
+    assert splits[1] == (train_idx, val_idx)
+
+
+def test_cifar_missing_data_names_the_folder_and_the_archive(tmp_path: Path):
+    dm = CIFAR100DataModule(root=str(tmp_path), download=False, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python.*cifar-100-python.tar.gz.*cs.toronto.edu"):
+        dm.setup()
+
+
+def test_cifar_wrong_class_count_is_refused():
+    with pytest.raises(ValueError, match="CIFAR-100 has 100 classes"):
+        CIFAR100DataModule(num_classes=10)
+
+
+def write_svhn(root: Path, split: str, n: int) -> None:
+    rng = np.random.default_rng(len(split))
+    folder = root / "svhn"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    labels = rng.integers(1, 11, (n, 1))  # SVHN stores the digit 0 as label 10
+    scipy.io.savemat(folder / f"{split}_32x32.mat", {"X": images, "y": labels})
+
+
+@pytest.mark.parametrize("use_extra", [False, True])
+def test_svhn_reads_the_mat_files_and_adds_extra(tmp_path: Path, use_extra: bool):
+    for split, n in (("train", 7), ("test", 5), ("extra", 9)):
+        write_svhn(tmp_path, split, n)
+    dm = SVHNDataModule(root=str(tmp_path), download=False, use_extra=use_extra, batch_size=5, num_workers=0)
+    dm.setup()
+    assert len(dm.train_set) == (16 if use_extra else 7) and len(dm.test_set) == 5
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.shape == (5, 3, 32, 32) and 0 <= labels.min() and labels.max() <= 9
+
+
+def test_svhn_missing_extra_names_the_file(tmp_path: Path):
+    write_svhn(tmp_path, "train", 3)
+    write_svhn(tmp_path, "test", 3)
+    dm = SVHNDataModule(root=str(tmp_path), download=False, use_extra=True, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"extra_32x32\.mat.*ufldl\.stanford\.edu"):
+        dm.setup()
+
+
+def write_image_folders(root: Path, classes: list[str], per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in classes:
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+
+
+def test_imagenet_reads_class_folders_with_the_paper_crops(tmp_path: Path):
+    write_image_folders(tmp_path, ["n01440764", "n01443537", "n01484850"], per_class=3)
+    dm = ImageNetDataModule(root=str(tmp_path), num_classes=3, image_size=32, resize_size=36, batch_size=4, num_workers=0,
+                            pin_memory=False)
+    dm.setup()
+    assert dm.classes == ["n01440764", "n01443537", "n01484850"]
+    assert len(dm.train_set) == 9 and len(dm.test_set) == 9
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32)
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1]
+
+
+def test_imagenet_without_folders_says_where_to_put_them(tmp_path: Path):
+    dm = ImageNetDataModule(root=str(tmp_path / "imagenet"), num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"imagenet/train.*image-net.org"):
+        dm.setup()
+
+
+def test_imagenet_class_count_mismatch_is_refused(tmp_path: Path):
+    write_image_folders(tmp_path, ["a", "b"], per_class=1)
+    dm = ImageNetDataModule(root=str(tmp_path), num_classes=1000, num_workers=0)
+    with pytest.raises(ValueError, match="train has 2 class folders"):
+        dm.setup()
