@@ -9,8 +9,9 @@
 
 Per arch it prints Markdown rows: parameters and MACs per image of the baseline and ABN heads (``--light``: and of
 ABN with the light branch), training images/s (forward + backward + SGD step on a fixed batch) of each, and each
-one's speed relative to the baseline beside the inverse of its MAC ratio (what a cost-proportional speed would be). ``--official-repo`` points at a checkout of github.com/machine-perception-robotics-group/
-attention_branch_network: its model definitions are imported from there at run time and timed against ours on the
+one's speed relative to the baseline beside the inverse of its MAC ratio (what a cost-proportional speed would be).
+``--official-repo`` points at a checkout of github.com/machine-perception-robotics-group/attention_branch_network:
+its model definitions are imported from there at run time and timed against ours on the
 same input, batch and device, interleaved so that a slow moment of the machine hits both. ``--switches`` times the
 ABN head with channels_last, bf16 autocast and torch.compile (or those named), each against no switch. Inputs
 default to each arch's native size.

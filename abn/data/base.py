@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
@@ -41,6 +41,18 @@ class ClassificationDataModule(L.LightningDataModule):
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         return (images * std + mean).clamp(0.0, 1.0)
+
+    def assign_splits(self, train: Dataset, eval_view: Callable[[], Dataset], test: Dataset, val_size: int, seed: int,
+                      where: str) -> None:
+        """Validate on ``val_size`` held-out training images (``eval_view()``: the same images with the evaluation
+        transform), or on the test set when ``val_size`` is 0; every split must have images."""
+        if val_size > 0:
+            self.train_set, self.val_set = hold_out(train, eval_view(), val_size, seed)
+        else:
+            self.train_set, self.val_set = train, test
+        self.test_set = test
+        for name in ("train", "val", "test"):
+            check_not_empty(name, getattr(self, f"{name}_set"), where)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:

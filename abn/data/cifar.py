@@ -13,7 +13,7 @@ from typing import Optional
 
 from torchvision import datasets, transforms
 
-from .base import ClassificationDataModule, check_not_empty, hold_out
+from .base import ClassificationDataModule
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -110,14 +110,8 @@ class CIFARDataModule(ClassificationDataModule):
         train = self.dataset_class(self.root, train=True, transform=self._transform(train=True))
         test = self.dataset_class(self.root, train=False, transform=self._transform(train=False))
         self.classes = list(train.classes)
-        if self.val_size > 0:
-            eval_view = self.dataset_class(self.root, train=True, transform=self._transform(train=False))
-            self.train_set, self.val_set = hold_out(train, eval_view, self.val_size, self.seed)
-        else:
-            self.train_set, self.val_set = train, test
-        self.test_set = test
-        for name in ("train", "val", "test"):
-            check_not_empty(name, getattr(self, f"{name}_set"), self.root)
+        self.assign_splits(train, lambda: self.dataset_class(self.root, train=True, transform=self._transform(train=False)),
+                           test, self.val_size, self.seed, self.root)
 
 
 class CIFAR10DataModule(CIFARDataModule):

@@ -11,7 +11,7 @@ from typing import Optional
 
 from torchvision import datasets, transforms
 
-from .base import ClassificationDataModule, check_not_empty, hold_out
+from .base import ClassificationDataModule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,10 +75,4 @@ class ImageNetDataModule(ClassificationDataModule):
                 f"have the same {self.num_classes} (set data.num_classes for a subset)"
             )
         self.classes = list(train.classes)
-        if self.val_size > 0:
-            self.train_set, self.val_set = hold_out(train, self._folder("train", train=False), self.val_size, self.seed)
-        else:
-            self.train_set, self.val_set = train, test
-        self.test_set = test
-        for name in ("train", "val", "test"):
-            check_not_empty(name, getattr(self, f"{name}_set"), self.root)
+        self.assign_splits(train, lambda: self._folder("train", train=False), test, self.val_size, self.seed, self.root)

@@ -12,7 +12,7 @@ from typing import Optional
 from torch.utils.data import ConcatDataset
 from torchvision import datasets, transforms
 
-from .base import ClassificationDataModule, check_not_empty, hold_out
+from .base import ClassificationDataModule
 
 
 class _PresentSVHN(datasets.SVHN):
@@ -92,10 +92,4 @@ class SVHNDataModule(ClassificationDataModule):
         self.prepare_data()
         train = self._training_images(train=True)
         test = _PresentSVHN(self.root, split="test", transform=self._transform(train=False))
-        if self.val_size > 0:
-            self.train_set, self.val_set = hold_out(train, self._training_images(train=False), self.val_size, self.seed)
-        else:
-            self.train_set, self.val_set = train, test
-        self.test_set = test
-        for name in ("train", "val", "test"):
-            check_not_empty(name, getattr(self, f"{name}_set"), self.root)
+        self.assign_splits(train, lambda: self._training_images(train=False), test, self.val_size, self.seed, self.root)

@@ -13,6 +13,7 @@ Built without an attention branch, the same code gives the ``baseline`` and ``ca
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -61,6 +62,19 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def stride_one_copy(stage: nn.Module) -> nn.Module:
+    """A copy of ``stage``, weights included, that keeps its input's resolution: every convolution's stride set to
+    1 and every down-sampling pool removed (the attention branch's copy of the last stage)."""
+    branch = copy.deepcopy(stage)
+    for name, module in list(branch.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            module.stride = (1, 1)
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)) and module.stride not in (1, (1, 1)):
+            parent_name, _, child = name.rpartition(".")
+            setattr(branch.get_submodule(parent_name) if parent_name else branch, child, nn.Identity())
+    return branch
 
 
 class AttentionBranch(nn.Module):

@@ -38,3 +38,20 @@ def torchvision_model(name: str, pretrained: bool = False, **kwargs) -> nn.Modul
             f"machine with network access and copy it to {os.path.join(weights_cache_dir(), file_name)} "
             "(set TORCH_HOME to use another cache), or train from scratch with pretrained=false."
         ) from error
+
+
+def adapt_first_conv(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    """The same convolution for ``in_chans`` inputs; RGB filters are summed (grey) or tiled and rescaled."""
+    if in_chans == conv.in_channels:
+        return conv
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        if in_chans == 1:
+            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        else:
+            repeats = -(-in_chans // conv.in_channels)
+            tiled = conv.weight.repeat(1, repeats, 1, 1)[:, :in_chans]
+            new.weight.copy_(tiled * conv.in_channels / in_chans)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new

@@ -8,41 +8,15 @@ ImageNet weights (the official code's pretrained path fails: it loads strictly w
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, resolve_branch_depth
-from .pretrained import torchvision_model
+from .network import (
+    AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, resolve_branch_depth, stride_one_copy
+)
+from .pretrained import adapt_first_conv, torchvision_model
 from .registry import register_model
-
-
-def adapt_first_conv(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
-    """The same convolution for ``in_chans`` inputs; RGB filters are summed (grey) or tiled and rescaled."""
-    if in_chans == conv.in_channels:
-        return conv
-    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
-    with torch.no_grad():
-        if in_chans == 1:
-            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-        else:
-            repeats = -(-in_chans // conv.in_channels)
-            tiled = conv.weight.repeat(1, repeats, 1, 1)[:, :in_chans]
-            new.weight.copy_(tiled * conv.in_channels / in_chans)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
-def stride_one_copy(stage: nn.Sequential, num_blocks: int) -> nn.Sequential:
-    """The first ``num_blocks`` blocks of a torchvision ResNet stage, weights included, with every stride set to 1."""
-    blocks = copy.deepcopy(stage[:num_blocks])
-    for module in blocks.modules():
-        if isinstance(module, nn.Conv2d):
-            module.stride = (1, 1)
-    return blocks
 
 
 def imagenet_resnet(
@@ -73,7 +47,7 @@ def imagenet_resnet(
         classifier.fc = net.fc
     branch = None
     if head == "abn":
-        stage_copy = stride_one_copy(net.layer4, resolve_branch_depth(branch_depth, len(net.layer4)))
+        stage_copy = stride_one_copy(net.layer4[: resolve_branch_depth(branch_depth, len(net.layer4))])
         branch = AttentionBranch(stage_copy, channels, num_classes, map_kernel_size)
         branch.init_new_layers()  # the stage copy keeps what was loaded
     return assemble(head, features, net.layer4, classifier, num_classes, in_chans, attention_mode, branch)

@@ -14,7 +14,6 @@ drops the fully connected layers).
 
 from __future__ import annotations
 
-import copy
 from typing import Callable, Optional
 
 import torch
@@ -22,10 +21,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble
-from .pretrained import torchvision_model
+from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, stride_one_copy
+from .pretrained import adapt_first_conv, torchvision_model
 from .registry import HEADS
-from .resnet_imagenet import adapt_first_conv
 
 PROBE_SIZE = 64  # input side of the shape-finding forward pass
 GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -118,17 +116,6 @@ class _Graph:
         return fx.GraphModule(self.module, graph)
 
 
-def _stride_one_copy(stage: nn.Module) -> nn.Module:
-    branch = copy.deepcopy(stage)
-    for name, module in list(branch.named_modules()):
-        if isinstance(module, nn.Conv2d):
-            module.stride = (1, 1)
-        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)) and module.stride not in (1, (1, 1)):
-            parent_name, _, child = name.rpartition(".")
-            setattr(branch.get_submodule(parent_name) if parent_name else branch, child, nn.Identity())
-    return branch
-
-
 def _replace_last_linear(head: fx.GraphModule, num_classes: int, name: str) -> None:
     linears = [n.target for n in head.graph.nodes if n.op == "call_module" and isinstance(head.get_submodule(n.target), nn.Linear)]
     if not linears:
@@ -201,7 +188,7 @@ def torchvision_abn(
         _replace_last_linear(classifier, num_classes, name)
     branch = None
     if head == "abn":
-        branch = AttentionBranch(_stride_one_copy(last_stage), channels, num_classes, map_kernel_size)
+        branch = AttentionBranch(stride_one_copy(last_stage), channels, num_classes, map_kernel_size)
         branch.init_new_layers()
     return assemble(head, features, last_stage, classifier, num_classes, in_chans, attention_mode, branch)
 

@@ -11,15 +11,16 @@ convolution to 1024 channels + ReLU, then GAP + linear.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 
 from torch import nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth
-from .pretrained import torchvision_model
+from .network import (
+    AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth,
+    stride_one_copy,
+)
+from .pretrained import adapt_first_conv, torchvision_model
 from .registry import register_model
-from .resnet_imagenet import adapt_first_conv
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -78,7 +79,7 @@ def split_vgg(
     if head == "abn":
         units = conv_units(stage5)
         kept = units[: resolve_branch_depth(branch_depth, len(units))]
-        stage_copy = copy.deepcopy(nn.Sequential(*[layer for unit in kept for layer in unit]))
+        stage_copy = stride_one_copy(nn.Sequential(*[layer for unit in kept for layer in unit]))
         branch = AttentionBranch(stage_copy, channels, num_classes, map_kernel_size)
         branch.init_new_layers()
     return assemble(head, features, last_stage, classifier, num_classes, in_chans, attention_mode, branch)
