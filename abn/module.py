@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from .models import ABNOutput, create_model
 
@@ -20,6 +20,9 @@ STAGES = ("train", "val", "test")
 
 class ABNModule(L.LightningModule):
     """Loss = w_att · CE(attention logits) + w_per · CE(perception logits); heads without a branch use the latter.
+
+    ``task="multilabel"`` (CelebA's 40 attributes) treats each of the ``num_classes`` outputs as one binary
+    attribute: binary cross-entropy on the logits, and ``acc`` is the mean of the per-attribute accuracies.
 
     The network is ``create_model(arch, head, num_classes, in_chans, pretrained, split=..., branch_depth=...,
     **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
@@ -51,8 +54,13 @@ class ABNModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         top5: bool = False,
+        task: str = "multiclass",
     ):
         super().__init__()
+        if task not in ("multiclass", "multilabel"):
+            raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+        if task == "multilabel" and top5:
+            raise ValueError("top5=true needs task=multiclass (a multilabel model has no single top-5)")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         if isinstance(model_kwargs, DictConfig):  # plain types only: checkpoints load with weights_only=True
@@ -81,7 +89,11 @@ class ABNModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.has_branch = head == "abn"
         branches = ("acc", "acc_att") if self.has_branch else ("acc",)
-        metrics = {f"{stage}_{name}": MulticlassAccuracy(num_classes, average="micro") for stage in STAGES for name in branches}
+        if task == "multilabel":
+            accuracy = functools.partial(MultilabelAccuracy, num_classes, average="macro")
+        else:
+            accuracy = functools.partial(MulticlassAccuracy, num_classes, average="micro")
+        metrics = {f"{stage}_{name}": accuracy() for stage in STAGES for name in branches}
         if top5:
             if num_classes <= 5:
                 raise ValueError(f"top5=true needs more than 5 classes, got num_classes={num_classes}")
@@ -91,10 +103,15 @@ class ABNModule(L.LightningModule):
     def forward(self, x: Tensor) -> ABNOutput:
         return self.net(x)
 
+    def criterion(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.hparams.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
     def _step(self, batch: Any, stage: str) -> Tensor:
         images, labels = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         out = self.net(images)
-        loss_per = F.cross_entropy(out.logits, labels)
+        loss_per = self.criterion(out.logits, labels)
         loss = self.hparams.perception_loss_weight * loss_per
         on_step = stage == "train"
         log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels))
@@ -105,7 +122,7 @@ class ABNModule(L.LightningModule):
             self.metrics[f"{stage}_acc5"](out.logits, labels)
             log(f"{stage}/acc5", self.metrics[f"{stage}_acc5"])
         if out.att_logits is not None:
-            loss_att = F.cross_entropy(out.att_logits, labels)
+            loss_att = self.criterion(out.att_logits, labels)
             loss = loss + self.hparams.attention_loss_weight * loss_att
             log(f"{stage}/loss_att", loss_att)
             self.metrics[f"{stage}_acc_att"](out.att_logits, labels)

@@ -15,9 +15,10 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import config_dir
 
@@ -86,14 +87,27 @@ def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
                          "set the model options to the checkpoint's values or start without ckpt_path")
 
 
+def adopt_data_facts(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """Let the data decide what it alone knows: the class count (``data.num_classes=null``: found in the files) and
+    the task (multiclass or multilabel); the model config reads both through ``${data.…}``."""
+    if cfg.data.get("num_classes") is None and hasattr(datamodule, "discover_classes"):
+        datamodule.discover_classes()
+    with open_dict(cfg):
+        cfg.data.num_classes = getattr(datamodule, "num_classes", cfg.data.get("num_classes"))
+        cfg.data.task = getattr(datamodule, "task", "multiclass")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …)."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    adopt_data_facts(cfg, datamodule)
     model: L.LightningModule = instantiate(cfg.model)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    if not loggers:  # logger=none: nothing to record learning rates to
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if cfg.get("ckpt_path"):

@@ -138,3 +138,27 @@ def test_model_options_reach_the_builder():
     module = ABNModule(arch="wrn16_8", head="abn", num_classes=3, branch_depth="light", model_kwargs={"widen_factor": 1})
     assert len(module.net.attention_branch.stage) == 1
     assert module.net.last_stage.block3[0].conv1.out_channels == 64  # 64 × widen_factor 1
+
+
+def test_multilabel_task_uses_one_binary_loss_per_attribute_and_mean_attribute_accuracy():
+    module = ABNModule(head="abn", num_classes=4, task="multilabel").eval()
+    module.log = _Recorder()
+    images = _batch()[0]
+    targets = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1], [0, 1, 0, 1]]).float()
+    loss = module._step((images, targets), "val")
+    with torch.no_grad():
+        out = module.net(images)
+    expected = (F.binary_cross_entropy_with_logits(out.att_logits, targets)
+                + F.binary_cross_entropy_with_logits(out.logits, targets))
+    torch.testing.assert_close(loss, expected)
+    metric = ABNModule(head="baseline", num_classes=2, task="multilabel").metrics["val_acc"]
+    # attribute 0 right 2 of 2, attribute 1 right 1 of 2: the mean of the two accuracies is 0.75
+    metric.update(torch.tensor([[5.0, 5.0], [-5.0, 5.0]]), torch.tensor([[1, 1], [0, 0]]))
+    assert metric.compute().item() == pytest.approx(0.75)
+
+
+def test_unknown_task_and_multilabel_top5_are_refused():
+    with pytest.raises(ValueError, match="task must be 'multiclass' or 'multilabel'"):
+        ABNModule(num_classes=3, task="regression")
+    with pytest.raises(ValueError, match="top5=true needs task=multiclass"):
+        ABNModule(num_classes=40, task="multilabel", top5=True)

@@ -1,17 +1,23 @@
 """Lightning data modules; each knows its normalisation (``mean``/``std``, ``denormalize``) and ``classes``."""
 
 from .base import ClassificationDataModule
+from .celeba import CelebADataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .compcars import CompCarsDataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .folder import FolderDataModule
 from .imagenet import ImageNetDataModule
 from .shapes import SHAPE_NAMES, ShapesDataModule, ShapesDataset, generate_split
 from .svhn import SVHNDataModule
 
 __all__ = [
+    "CelebADataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ClassificationDataModule",
+    "CompCarsDataModule",
     "FashionMNISTDataModule",
+    "FolderDataModule",
     "ImageNetDataModule",
     "SHAPE_NAMES",
     "ShapesDataModule",

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import warnings
+from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .images import image_file_sets, skip_unreadable_collate
+
 
 class ClassificationDataModule(L.LightningDataModule):
     """Holds the normalisation (``mean``, ``std``), ``classes``, and builds the three loaders.
 
-    Subclasses fill ``train_set``, ``val_set`` and ``test_set`` in ``setup``.
+    Subclasses fill ``train_set``, ``val_set`` and ``test_set`` in ``setup``. ``task`` is ``multiclass`` (one label
+    per image) or ``multilabel`` (a 0/1 vector of ``num_classes`` attributes). A data module whose class count
+    comes from the files (``num_classes=None`` in its config) finds it in ``discover_classes``, which ``abn-train``
+    calls before building the model. The class names go into every checkpoint (``state_dict``), and resuming
+    with data of other classes is refused.
     """
 
     mean: Sequence[float] = (0.0,)
     std: Sequence[float] = (1.0,)
+    task: str = "multiclass"
 
-    def __init__(self, num_classes: int, in_chans: int, batch_size: int, num_workers: int, pin_memory: bool):
+    def __init__(self, num_classes: Optional[int], in_chans: int, batch_size: int, num_workers: int, pin_memory: bool):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -54,6 +62,55 @@ class ClassificationDataModule(L.LightningDataModule):
         for name in ("train", "val", "test"):
             check_not_empty(name, getattr(self, f"{name}_set"), where)
 
+    def discover_classes(self) -> list[str]:
+        """Fill ``classes`` and ``num_classes`` from the data without loading images; data modules whose classes
+        are fixed by the data set already know them."""
+        if self.num_classes is None:
+            raise NotImplementedError(f"{type(self).__name__} cannot find its classes; set data.num_classes")
+        return self.classes
+
+    def set_discovered_classes(self, classes: Sequence[str]) -> None:
+        """Adopt the classes found in the data; a configured ``num_classes`` must agree with them."""
+        if self.num_classes is not None and self.num_classes != len(classes):
+            raise ValueError(
+                f"the data has {len(classes)} classes but data.num_classes={self.num_classes}; set "
+                f"data.num_classes={len(classes)} or null (null takes the count from the data)"
+            )
+        self.classes, self.num_classes = list(classes), len(classes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: which output index is which class."""
+        return {"classes": list(self.classes), "task": self.task}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = list(state.get("classes") or [])
+        if saved and self.classes and saved != list(self.classes):
+            changed = [f"{i}: {a!r} → {b!r}" for i, (a, b) in enumerate(zip(saved, self.classes)) if a != b][:3]
+            raise ValueError(
+                f"the checkpoint was trained on {len(saved)} classes and this data has {len(self.classes)}"
+                + (f" in another order ({', '.join(changed)}, …)" if changed else "")
+                + "; resume with the data (and split/task options) the checkpoint was trained on"
+            )
+
+    def teardown(self, stage: str) -> None:
+        self.report_unreadable()
+
+    def report_unreadable(self) -> dict[str, list[str]]:
+        """Warn once with the count of image files that were skipped because they could not be read."""
+        found, seen = {}, set()
+        for split in ("train", "test", "val"):  # a validation split that is the test set counts as test
+            sets = [files for files in image_file_sets(getattr(self, f"{split}_set")) if id(files) not in seen]
+            seen.update(map(id, sets))
+            paths = sorted({path for files in sets for path in files.unreadable_paths()})
+            if paths:
+                found[split] = paths
+        if found:
+            counts = ", ".join(f"{len(paths)} in {split}" for split, paths in found.items())
+            first = next(iter(found.values()))[0]
+            warnings.warn(f"{sum(map(len, found.values()))} unreadable image(s) were skipped ({counts}; first: {first}); "
+                          "replace or delete them, or set data.strict=true to stop at the first one", stacklevel=2)
+        return found
+
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
@@ -62,9 +119,10 @@ class ClassificationDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to pin for
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > self.batch_size,
+            collate_fn=skip_unreadable_collate,
         )
 
     def train_dataloader(self) -> DataLoader:

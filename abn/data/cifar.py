@@ -14,6 +14,7 @@ from typing import Optional
 from torchvision import datasets, transforms
 
 from .base import ClassificationDataModule
+from .device import OnDeviceLoaders
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -49,7 +50,7 @@ class _PresentCIFAR100(datasets.CIFAR100):
         _read_class_names(self)
 
 
-class CIFARDataModule(ClassificationDataModule):
+class CIFARDataModule(OnDeviceLoaders, ClassificationDataModule):
     mean = CIFAR_MEAN
     std = CIFAR_STD
     dataset_class: type = _PresentCIFAR10
@@ -69,8 +70,10 @@ class CIFARDataModule(ClassificationDataModule):
         batch_size: int = 128,
         num_workers: int = 2,
         pin_memory: bool = False,
+        on_device: bool = False,
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
+        self.on_device = on_device
         expected = 100 if self.dataset_class is _PresentCIFAR100 else 10
         if num_classes != expected:
             raise ValueError(f"{self.title} has {expected} classes; set data.num_classes={expected} (got {num_classes})")
@@ -102,6 +105,10 @@ class CIFARDataModule(ClassificationDataModule):
     def _transform(self, train: bool) -> transforms.Compose:
         steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if train and self.augment else []
         return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+
+    def device_augmentation(self) -> tuple[int, bool]:
+        """What ``_transform(train=True)`` does, for ``on_device``: pad 4 and crop, flip."""
+        return (4, True) if self.augment else (0, False)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:

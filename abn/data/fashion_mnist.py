@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 from .base import ClassificationDataModule
+from .device import OnDeviceLoaders
 
 # Where the Debian package ``dataset-fashion-mnist`` puts the original gzipped IDX files.
 SYSTEM_COPIES = ("/usr/share/datasets/fashion-mnist",)
@@ -69,7 +70,7 @@ def missing_data_message(root: str | Path, reason: str = "") -> str:
     )
 
 
-class FashionMNISTDataModule(ClassificationDataModule):
+class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
     """Fashion-MNIST with a validation split carved (seeded) from the 60k training images."""
 
     mean = (0.2860,)
@@ -88,8 +89,10 @@ class FashionMNISTDataModule(ClassificationDataModule):
         batch_size: int = 128,
         num_workers: int = 2,
         pin_memory: bool = False,
+        on_device: bool = False,
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
+        self.on_device = on_device
         if num_classes != 10:
             raise ValueError(f"Fashion-MNIST has 10 classes; set data.num_classes=10 (got {num_classes})")
         if in_chans not in (1, 3):
@@ -119,6 +122,10 @@ class FashionMNISTDataModule(ClassificationDataModule):
         if self.in_chans == 3:
             steps.append(transforms.Lambda(_to_three_channels))
         return transforms.Compose(steps)
+
+    def device_augmentation(self) -> tuple[int, bool]:
+        """What ``_transform(train=True)`` does, for ``on_device``: pad 2 and crop, flip."""
+        return (2, True) if self.augment else (0, False)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None or self.test_set is not None:

@@ -13,6 +13,7 @@ from torch.utils.data import ConcatDataset
 from torchvision import datasets, transforms
 
 from .base import ClassificationDataModule
+from .device import OnDeviceLoaders
 
 
 class _PresentSVHN(datasets.SVHN):
@@ -22,7 +23,7 @@ class _PresentSVHN(datasets.SVHN):
         return os.path.isfile(os.path.join(self.root, self.filename))
 
 
-class SVHNDataModule(ClassificationDataModule):
+class SVHNDataModule(OnDeviceLoaders, ClassificationDataModule):
     mean = (0.4377, 0.4438, 0.4728)
     std = (0.1980, 0.2010, 0.1970)
 
@@ -40,8 +41,10 @@ class SVHNDataModule(ClassificationDataModule):
         batch_size: int = 128,
         num_workers: int = 2,
         pin_memory: bool = False,
+        on_device: bool = False,
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
+        self.on_device = on_device
         if num_classes != 10:
             raise ValueError(f"SVHN has 10 classes; set data.num_classes=10 (got {num_classes})")
         if in_chans != 3:
@@ -81,6 +84,10 @@ class SVHNDataModule(ClassificationDataModule):
         if train and self.augment and self.hflip:
             steps.append(transforms.RandomHorizontalFlip())
         return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+
+    def device_augmentation(self) -> tuple[int, bool]:
+        """What ``_transform(train=True)`` does, for ``on_device``: pad 4 and crop, flip only with ``hflip``."""
+        return (4, self.hflip) if self.augment else (0, False)
 
     def _training_images(self, train: bool):
         parts = [_PresentSVHN(self.root, split=s, transform=self._transform(train)) for s in self.splits if s != "test"]

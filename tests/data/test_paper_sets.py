@@ -1,4 +1,4 @@
-"""CIFAR-10/100, SVHN and ImageNet data modules on tiny copies in each data set's real on-disk format."""
+"""CIFAR-10/100 and SVHN data modules on tiny copies in each data set's real on-disk format."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from PIL import Image
+from hydra.core.global_hydra import GlobalHydra
 
-from abn.data import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule, SVHNDataModule
+from abn.data import CIFAR10DataModule, CIFAR100DataModule, SVHNDataModule
+from abn.train import train
+
+from ..conftest import compose_train_config
 
 
 def write_cifar(root: Path, hundred: bool, per_batch: int = 6, test_size: int = 5) -> None:
@@ -100,38 +103,19 @@ def test_svhn_missing_extra_names_the_file(tmp_path: Path):
         dm.setup()
 
 
-def write_image_folders(root: Path, classes: list[str], per_class: int) -> None:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for wnid in classes:
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
-
-
-def test_imagenet_reads_class_folders_with_the_paper_crops(tmp_path: Path):
-    write_image_folders(tmp_path, ["n01440764", "n01443537", "n01484850"], per_class=3)
-    dm = ImageNetDataModule(root=str(tmp_path), num_classes=3, image_size=32, resize_size=36, batch_size=4, num_workers=0,
-                            pin_memory=False)
-    dm.setup()
-    assert dm.classes == ["n01440764", "n01443537", "n01484850"]
-    assert len(dm.train_set) == 9 and len(dm.test_set) == 9
-    images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape == (4, 3, 32, 32)
-    images, labels = next(iter(dm.test_dataloader()))
-    assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1]
-
-
-def test_imagenet_without_folders_says_where_to_put_them(tmp_path: Path):
-    dm = ImageNetDataModule(root=str(tmp_path / "imagenet"), num_workers=0)
-    with pytest.raises(FileNotFoundError, match=r"imagenet/train.*image-net.org"):
-        dm.setup()
-
-
-def test_imagenet_class_count_mismatch_is_refused(tmp_path: Path):
-    write_image_folders(tmp_path, ["a", "b"], per_class=1)
-    dm = ImageNetDataModule(root=str(tmp_path), num_classes=1000, num_workers=0)
-    with pytest.raises(ValueError, match="train has 2 class folders"):
-        dm.setup()
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
+def test_fast_dev_run_through_hydra(tmp_path: Path, dataset: str):
+    data_dir = tmp_path / "data"
+    if dataset == "svhn":
+        for split, n in (("train", 8), ("test", 4)):
+            write_svhn(data_dir, split, n)
+    else:
+        write_cifar(data_dir, hundred=dataset == "cifar100")
+    cfg = compose_train_config(tmp_path, [
+        f"data={dataset}", f"paths.data_dir={data_dir}", "data.download=false", "data.num_workers=0",
+        "data.batch_size=4", "model.arch=resnet20", "trainer=cpu", "trainer.fast_dev_run=true", "logger=none",
+        "callbacks=none",
+    ])
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    assert cfg.model.num_classes == (100 if dataset == "cifar100" else 10) and "test/acc" in metrics

@@ -1,0 +1,389 @@
+"""CompCars, web-nature part: car model (431 classes) or car make (75) classification on the official split.
+
+The layout is that of the official ``data.zip``, unpacked in ``root``:
+
+    image/<make_id>/<model_id>/<year>/<name>.jpg        the photos
+    label/<make_id>/<model_id>/<year>/<name>.txt        viewpoint, box count (1), box "x1 y1 x2 y2" (1-based pixels)
+    misc/make_model_name.mat                            make_names (163) and model_names (2004), MATLAB cells
+    train_test_split/classification/{train,test}.txt    one "make/model/year/name.jpg" per line
+
+Model (or make) ids have gaps, so the ids of the training split are mapped to labels 0..K-1 in id order; the
+mapping (``label_to_id``) is saved in every checkpoint. Following the ABN paper, images are resized to 323×224
+(width × height); by default keeping their aspect ratio, padded with black (letterbox). Never downloads: the data
+is released on request only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import scipy.io
+from PIL import Image
+from torchvision import transforms
+
+from .base import ClassificationDataModule
+from .images import ImageFiles
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+HOMEPAGE = "http://mmlab.ie.cuhk.edu.hk/datasets/comp_cars/"
+SPLIT_FOLDER = os.path.join("train_test_split", "classification")
+NAMES_FILE = os.path.join("misc", "make_model_name.mat")
+CLASSIFY_CHOICES = ("model", "make")
+SHOWN_PATHS = 3  # how many missing files a warning names
+
+Box = tuple[int, int, int, int]
+Entry = tuple[str, int, int]  # a split file's line: relative path, make id, model id
+
+
+class Letterbox:
+    """Resize to fit inside ``height`` × ``width`` keeping the aspect ratio, then pad with black to exactly that size,
+    centred: a car is not squashed, and every image of a batch has the same shape."""
+
+    def __init__(self, height: int, width: int):
+        self.height, self.width = height, width
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        scale = min(self.height / image.height, self.width / image.width)
+        new_width = min(self.width, max(1, round(image.width * scale)))
+        new_height = min(self.height, max(1, round(image.height * scale)))
+        resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
+        canvas = Image.new(image.mode, (self.width, self.height))  # black: 0 before normalisation
+        canvas.paste(resized, ((self.width - new_width) // 2, (self.height - new_height) // 2))
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"Letterbox(height={self.height}, width={self.width})"
+
+
+def crop_box(box: Box, width: int, height: int) -> Box:
+    """The PIL crop box (0-based, right/bottom exclusive) of a CompCars box (1-based, inclusive), clamped to the image:
+    a box that runs past an edge would otherwise be padded with black by PIL."""
+    x1, y1, x2, y2 = box
+    left = min(max(x1 - 1, 0), width - 1)
+    top = min(max(y1 - 1, 0), height - 1)
+    right = max(min(x2, width), left + 1)
+    bottom = max(min(y2, height), top + 1)
+    return left, top, right, bottom
+
+
+class CarBoxImages(ImageFiles):
+    """``ImageFiles`` cropped to each car's labelled box (clamped to the image, which needs the decoded size)."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int], boxes: Sequence[Box],
+                 transform: Optional[Callable], strict: bool):
+        super().__init__(paths, targets, transform=None, strict=strict)
+        if len(boxes) != len(paths):
+            raise ValueError("paths and boxes must have the same length")
+        self.car_boxes = list(boxes)
+        self.crop_transform = transform
+
+    def __getitem__(self, index: int) -> Optional[tuple[Any, int]]:
+        sample = super().__getitem__(index)
+        if sample is None:
+            return None
+        image, target = sample
+        image = image.crop(crop_box(self.car_boxes[index], image.width, image.height))
+        return (self.crop_transform(image) if self.crop_transform is not None else image), target
+
+
+def read_split_file(path: str) -> list[Entry]:
+    """``(relative path, make id, model id)`` for each line ``make/model/year/name.jpg`` of a split file."""
+    entries = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            relative = line.strip().replace("\\", "/")
+            if not relative:
+                continue
+            parts = relative.split("/")
+            if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
+                raise ValueError(f"{path}, line {number}: expected make_id/model_id/year/name.jpg, got {relative!r}; "
+                                 "use the split files of the official data.zip")
+            entries.append((relative, int(parts[0]), int(parts[1])))
+    return entries
+
+
+def read_label_box(path: str) -> Box:
+    """The box of a label file: line 1 viewpoint, line 2 the number of boxes, line 3 ``x1 y1 x2 y2``."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    try:
+        x1, y1, x2, y2 = (int(round(float(value))) for value in lines[2].split())
+    except (IndexError, ValueError) as error:
+        raise ValueError(f"{path}: expected three lines (viewpoint, box count, 'x1 y1 x2 y2'), got {lines!r}; fix or "
+                         "delete the label file (a deleted one leaves its image out), or set data.crop_to_box=false"
+                         ) from error
+    return x1, y1, x2, y2
+
+
+def mat_strings(cells: np.ndarray) -> list[str]:
+    """A MATLAB cell array of strings as loaded by scipy (object array of char arrays); empty cells give ""."""
+    names = []
+    for cell in np.asarray(cells, dtype=object).flatten():
+        value = np.asarray(cell).flatten()
+        names.append(str(value[0]).strip() if value.size else "")
+    return names
+
+
+def read_make_model_names(path: str) -> tuple[list[str], list[str]]:
+    """``make_names`` and ``model_names`` of misc/make_model_name.mat (index = id - 1)."""
+    try:
+        content = scipy.io.loadmat(path)
+    except Exception as error:  # a damaged or non-MATLAB file: scipy raises several kinds
+        raise ValueError(f"{path} is not a readable MATLAB file ({error}); unpack misc/ from data.zip again") from error
+    missing = [key for key in ("make_names", "model_names") if key not in content]
+    if missing:
+        raise ValueError(f"{path} has no {' or '.join(missing)}; it must be the official misc/make_model_name.mat")
+    return mat_strings(content["make_names"]), mat_strings(content["model_names"])
+
+
+def name_of(names: list[str], item_id: int, kind: str) -> str:
+    """The name of a make or model id, or "<kind> <id>" where the file leaves it empty."""
+    name = names[item_id - 1] if 0 < item_id <= len(names) else ""
+    return name or f"{kind} {item_id}"
+
+
+def first_difference(saved_ids: list[int], data_ids: list[int]) -> str:
+    for label, (saved, current) in enumerate(zip(saved_ids, data_ids)):
+        if saved != current:
+            return f"first difference at label {label}: id {saved} in the checkpoint, {current} here"
+    return f"the first {min(len(saved_ids), len(data_ids))} agree"
+
+
+class CompCarsDataModule(ClassificationDataModule):
+    """CompCars (web-nature) with the official classification split; ``classify`` is "model" or "make".
+
+    (The option is not called ``task``: that name is the base class's multiclass/multilabel, which ``abn-train``
+    writes into ``data.task`` for the model.)
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(
+        self,
+        root: str = "data/compcars",
+        classify: str = "model",
+        crop_to_box: bool = False,
+        image_size: Sequence[int] = (224, 323),
+        keep_aspect: bool = True,
+        hflip: bool = True,
+        val_size: int = 0,
+        seed: int = 0,
+        strict: bool = False,
+        num_classes: Optional[int] = None,
+        in_chans: int = 3,
+        batch_size: int = 32,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+    ):
+        super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
+        if classify not in CLASSIFY_CHOICES:
+            raise ValueError(f"classify must be 'model' or 'make' (car model or make classification), got {classify!r}")
+        if in_chans != 3:
+            raise ValueError(f"CompCars images are RGB: in_chans must be 3, got {in_chans}")
+        if len(image_size) != 2 or any(int(side) < 1 for side in image_size):
+            raise ValueError(f"image_size must be [height, width] with positive sides, got {list(image_size)}")
+        if val_size < 0:
+            raise ValueError(f"val_size must be ≥ 0, got {val_size}")
+        self.root = os.path.expanduser(str(root))
+        self.classify, self.crop_to_box = classify, crop_to_box
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.keep_aspect, self.hflip = keep_aspect, hflip
+        self.val_size, self.seed, self.strict = val_size, seed, strict
+        self.label_to_id: list[int] = []
+
+    # --- files -------------------------------------------------------------------------------------------------
+
+    def split_file(self, split: str) -> str:
+        return os.path.join(self.root, SPLIT_FOLDER, f"{split}.txt")
+
+    def missing_data_message(self, missing: list[str]) -> str:
+        return (
+            f"CompCars was not found: {', '.join(missing)} missing. The data is released on request, with a "
+            f"license agreement, at {HOMEPAGE}. Unpack the web-nature data (data.zip, a split zip archive: join its "
+            f"parts, then unzip) so that {self.root}/image, /label, /misc and /train_test_split exist, or point "
+            "data.root at the folder that holds them."
+        )
+
+    def prepare_data(self) -> None:
+        """Check that the folders and files the split needs are there; never downloads."""
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(self.missing_data_message([self.root]))
+        folders = [os.path.join(self.root, "image")] + ([os.path.join(self.root, "label")] if self.crop_to_box else [])
+        files = [self.split_file("train"), self.split_file("test"), os.path.join(self.root, NAMES_FILE)]
+        missing = [path for path in folders if not os.path.isdir(path)]
+        missing += [path for path in files if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(self.missing_data_message(missing))
+
+    def _item_id(self, make_id: int, model_id: int) -> int:
+        return model_id if self.classify == "model" else make_id
+
+    def _read_splits(self) -> dict[str, list[Entry]]:
+        """Both split files; every test id must be one the training split has (else it has no output)."""
+        splits = {split: read_split_file(self.split_file(split)) for split in ("train", "test")}
+        known = {self._item_id(make, model) for _, make, model in splits["train"]}
+        unknown = [(path, self._item_id(make, model)) for path, make, model in splits["test"]
+                   if self._item_id(make, model) not in known]
+        if unknown:
+            ids = sorted({item for _, item in unknown})
+            shown_ids = ", ".join(map(str, ids[:10])) + (", …" if len(ids) > 10 else "")
+            raise ValueError(
+                f"{len(unknown)} test image(s) in {self.split_file('test')} are of car {self.classify} id(s) that "
+                f"{self.split_file('train')} does not have ({shown_ids}; first: {unknown[0][0]}): the model has no "
+                "output for them. Use the official split files, or add training images of those ids"
+            )
+        return splits
+
+    def discover_classes(self) -> list[str]:
+        """Labels and class names from the split files and misc/make_model_name.mat only (no image is opened)."""
+        self.prepare_data()
+        self._adopt_classes(self._read_splits())
+        return self.classes
+
+    def _adopt_classes(self, splits: dict[str, list[Entry]]) -> None:
+        """``label_to_id``: the training split's ids in order; class names "<make> <model>" or "<make>"."""
+        make_names, model_names = read_make_model_names(os.path.join(self.root, NAMES_FILE))
+        make_of: dict[int, int] = {}
+        for _, make, model in splits["train"]:
+            make_of.setdefault(self._item_id(make, model), make)
+        self.label_to_id = sorted(make_of)
+        names = []
+        for item_id in self.label_to_id:
+            make_name = name_of(make_names, make_of[item_id], "make")
+            if self.classify == "make":
+                names.append(make_name)
+            else:
+                model_name = name_of(model_names, item_id, "model")
+                named_with_make = f"{model_name} ".startswith(f"{make_name} ")
+                names.append(model_name if named_with_make else f"{make_name} {model_name}")
+        self.set_discovered_classes(names)
+
+    def _present(self, split: str, entries: list[Entry]) -> list[Entry]:
+        """The listed images whose files (image, and label with ``crop_to_box``) exist; one warning for the rest."""
+        kept, missing = [], []
+        for entry in entries:
+            needed = [self._image_path(entry[0])] + ([self._label_path(entry[0])] if self.crop_to_box else [])
+            absent = [path for path in needed if not os.path.isfile(path)]
+            (missing if absent else kept).append((entry, absent))
+        if missing:
+            shown = ", ".join(absent[0] for _, absent in missing[:SHOWN_PATHS])
+            what = "image or label file" if self.crop_to_box else "image file"
+            message = (f"{len(missing)} of {len(entries)} {split} images listed in {self.split_file(split)} have no "
+                       f"{what} (first: {shown}{', …' if len(missing) > SHOWN_PATHS else ''})")
+            if not kept:
+                raise FileNotFoundError(f"{message}: the {split} split has no images left; check data.root and that "
+                                        "data.zip was unpacked completely")
+            warnings.warn(f"{message}; they are left out", stacklevel=3)
+        return [entry for entry, _ in kept]
+
+    def _image_path(self, relative: str) -> str:
+        return os.path.join(self.root, "image", *relative.split("/"))
+
+    def _label_path(self, relative: str) -> str:
+        return os.path.splitext(os.path.join(self.root, "label", *relative.split("/")))[0] + ".txt"
+
+    # --- datasets ----------------------------------------------------------------------------------------------
+
+    def _transform(self, train: bool) -> transforms.Compose:
+        height, width = self.image_size
+        steps: list[Callable] = [transforms.RandomHorizontalFlip()] if train and self.hflip else []
+        steps.append(Letterbox(height, width) if self.keep_aspect else transforms.Resize((height, width)))
+        return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+
+    def _dataset(self, entries: list[Entry], train: bool) -> ImageFiles:
+        label_of = {item_id: label for label, item_id in enumerate(self.label_to_id)}
+        paths = [self._image_path(path) for path, _, _ in entries]
+        targets = [label_of[self._item_id(make, model)] for _, make, model in entries]
+        if self.crop_to_box:
+            boxes = [read_label_box(self._label_path(path)) for path, _, _ in entries]
+            return CarBoxImages(paths, targets, boxes, self._transform(train), self.strict)
+        return ImageFiles(paths, targets, self._transform(train), strict=self.strict)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        self.prepare_data()
+        splits = self._read_splits()
+        self._adopt_classes(splits)
+        train_entries, test_entries = self._present("train", splits["train"]), self._present("test", splits["test"])
+        train, test = self._dataset(train_entries, train=True), self._dataset(test_entries, train=False)
+        self.assign_splits(train, lambda: self._dataset(train_entries, train=False), test, self.val_size, self.seed,
+                           self.root)
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Also saves which car model (or make) id each output is, and which of the two is classified."""
+        return {**super().state_dict(), "label_to_id": list(self.label_to_id), "classify": self.classify}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_classify, saved_ids = state.get("classify"), list(state.get("label_to_id") or [])
+        if saved_classify and saved_classify != self.classify:
+            raise ValueError(f"the checkpoint classifies car {saved_classify}s, this data car {self.classify}s; "
+                             f"resume with data.classify={saved_classify}")
+        if saved_ids and not self.label_to_id:
+            self.discover_classes()
+        if saved_ids and saved_ids != self.label_to_id:
+            raise ValueError(
+                f"the checkpoint's {len(saved_ids)} outputs are other car {self.classify} ids than this data's "
+                f"{len(self.label_to_id)} ({first_difference(saved_ids, self.label_to_id)}); the split files differ. "
+                "Resume with the split (train_test_split/classification/train.txt) the checkpoint was trained on"
+            )
+        super().load_state_dict(state)
+
+
+def write_standin_compcars(
+    root: str | Path,
+    cars: Sequence[tuple[int, int]] = ((1, 3), (1, 7), (2, 12)),
+    train_per_model: int = 4,
+    test_per_model: int = 2,
+    image_size: tuple[int, int] = (48, 64),
+    seed: int = 0,
+    unnamed_models: Sequence[int] = (),
+) -> dict[str, list[str]]:
+    """Write a tiny CompCars in the real on-disk layout (image/, label/, misc/make_model_name.mat, split files), for
+    tests and benchmarks without the real data.
+
+    ``cars`` are (make_id, model_id) pairs; make and model names are "Make<id>" and "Model<id>" in a .mat of the
+    real size (163 makes, 2004 models), ``unnamed_models`` left empty as some are in the real file. Each
+    ``image_size`` (height, width) JPEG is blue with its car box (at least half of each side) filled red, so a crop
+    to the box is all red. Returns the relative paths (as in the split files) of each split.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    height, width = image_size
+    listed: dict[str, list[str]] = {"train": [], "test": []}
+    for make_id, model_id in cars:
+        for index in range(train_per_model + test_per_model):
+            split = "train" if index < train_per_model else "test"
+            relative = f"{make_id}/{model_id}/{2010 + index % 3}/{rng.bytes(7).hex()}.jpg"
+            x1, y1 = (int(rng.integers(1, side // 4 + 1)) for side in (width, height))
+            x2, y2 = (int(rng.integers(side // 2 + 1, side + 1)) for side in (width, height))
+            pixels = np.empty((height, width, 3), dtype=np.uint8)
+            pixels[:] = (20, 60, 220)
+            pixels[y1 - 1 : y2, x1 - 1 : x2] = (230, 30, 30)
+            image_path = root / "image" / relative
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(image_path, quality=95)
+            label_path = (root / "label" / relative).with_suffix(".txt")
+            label_path.parent.mkdir(parents=True, exist_ok=True)
+            label_path.write_text(f"{rng.choice([-1, 1, 2, 3, 4, 5])}\n1\n{x1} {y1} {x2} {y2}\n")
+            listed[split].append(relative)
+    split_folder = root / SPLIT_FOLDER
+    split_folder.mkdir(parents=True, exist_ok=True)
+    for split, paths in listed.items():
+        (split_folder / f"{split}.txt").write_text("".join(f"{path}\n" for path in paths))
+    (root / "misc").mkdir(parents=True, exist_ok=True)
+    make_names = np.empty((163, 1), dtype=object)
+    make_names[:, 0] = [f"Make{i}" for i in range(1, 164)]
+    model_names = np.empty((2004, 1), dtype=object)
+    model_names[:, 0] = ["" if i in unnamed_models else f"Model{i}" for i in range(1, 2005)]
+    scipy.io.savemat(root / NAMES_FILE, {"make_names": make_names, "model_names": model_names})
+    return listed
