@@ -30,12 +30,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from abn.data import CIFAR10DataModule, CIFAR100DataModule, FashionMNISTDataModule, ShapesDataModule, SVHNDataModule
+from PIL import Image
+
+from abn.data import (CelebADataModule, CIFAR10DataModule, CIFAR100DataModule, CompCarsDataModule,
+                      FashionMNISTDataModule, ImageNetDataModule, ShapesDataModule, SVHNDataModule)
+from abn.data.celeba import write_standin_celeba
+from abn.data.compcars import write_standin_compcars
 from abn.data.cifar import _files_present
 from abn.data.fashion_mnist import SYSTEM_COPIES, copy_local_files, raw_folder
 from abn.models import create_model
 
-DATA_SETS = ("shapes", "fashion_mnist", "cifar10", "cifar100", "svhn")
+DATA_SETS = ("shapes", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet", "compcars", "celeba")
+ON_DEVICE = ("fashion_mnist", "cifar10", "cifar100", "svhn")
 COLUMNS = ("data", "loader", "workers", "pin memory", "batch", "loader img/s", "model img/s", "loader / model",
            "verdict")
 
@@ -83,10 +89,36 @@ def write_fashion_mnist_stand_in(root: Path) -> None:
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + array.astype(np.uint8).tobytes())
 
 
+def write_imagenet_stand_in(root: Path, classes: int = 10, per_class: int = 40) -> None:
+    """Class folders of 500×375 JPEGs (a typical ImageNet size), smooth noise so they compress like photos."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k in range(classes):
+            folder = root / "imagenet" / split / f"n{k:08d}"
+            folder.mkdir(parents=True)
+            for i in range(per_class if split == "train" else 2):
+                small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(folder / f"{i}.JPEG", quality=90)
+
+
 def data_root(name: str, root: Path, scratch: Path) -> tuple[Path, Optional[str]]:
     """The root to read ``name`` from, and a note when that is a stand-in."""
     if name == "shapes":
         return root, None
+    if name in ("imagenet", "compcars", "celeba"):
+        markers = {"imagenet": root / "imagenet" / "train", "compcars": root / "compcars" / "image",
+                   "celeba": root / "celeba" / "list_attr_celeba.txt"}
+        if markers[name].exists():
+            return root, None
+        if name == "imagenet":
+            write_imagenet_stand_in(scratch)
+        elif name == "compcars":
+            write_standin_compcars(scratch / "compcars", cars=[(1 + k // 3, 1 + k) for k in range(10)],
+                                   train_per_model=40, test_per_model=2, image_size=(360, 480))
+        else:
+            write_standin_celeba(scratch, num_images=800)
+        return scratch, (f"{name}: no files under {markers[name].parent}; timing a stand-in of the real format and "
+                         f"a realistic image size in {scratch}")
     if name == "fashion_mnist":
         if copy_local_files(root, SYSTEM_COPIES):  # what the data module does: unpack the Debian copy into root
             return root, None
@@ -115,6 +147,12 @@ def make_module(name: str, root: Path, batch_size: int, workers: int, pin_memory
         return FashionMNISTDataModule(root=str(root), search_dirs=[], download=False, **common)
     if name == "svhn":
         return SVHNDataModule(root=str(root), download=False, **common)
+    if name == "imagenet":
+        return ImageNetDataModule(root=str(root / "imagenet"), num_classes=None, **common)
+    if name == "compcars":
+        return CompCarsDataModule(root=str(root / "compcars"), **common)
+    if name == "celeba":
+        return CelebADataModule(root=str(root), **common)
     module_class = CIFAR100DataModule if name == "cifar100" else CIFAR10DataModule
     return module_class(root=str(root), download=False, **common)
 
@@ -177,7 +215,7 @@ def row(*cells) -> str:
 def bench(name: str, root: Path, args, device: torch.device) -> None:
     """Print the table rows of one data set: each loader configuration against the model."""
     configurations = [("DataLoader", workers) for workers in args.workers]
-    if args.on_device and name != "shapes":
+    if args.on_device and name in ON_DEVICE:
         configurations.append(("on device", None))
     model = None
     for kind, workers in configurations:
@@ -198,6 +236,8 @@ def bench(name: str, root: Path, args, device: torch.device) -> None:
     if args.on_device and name == "shapes":
         print("  (shapes has no on-device path: it is drawn in memory, and its DataLoader needs no workers)",
               flush=True)
+    elif args.on_device and name not in ON_DEVICE:
+        print(f"  ({name} has no on-device path: its images are JPEG files decoded by the workers)", flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
