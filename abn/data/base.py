@@ -12,6 +12,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .images import image_file_sets, skip_unreadable_collate
 
+# The statistics torchvision's ImageNet weights were trained with: the data sets read by ImageNet-pretrained
+# backbones (ImageNet, CompCars, CelebA, folders of photos) normalise with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class ClassificationDataModule(L.LightningDataModule):
     """Holds the normalisation (``mean``, ``std``), ``classes``, and builds the three loaders.

@@ -27,11 +27,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from .base import ClassificationDataModule, check_not_empty
+from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule, check_not_empty
 from .images import ImageFiles
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ATTRIBUTE_NAMES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",

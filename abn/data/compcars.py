@@ -25,11 +25,9 @@ import scipy.io
 from PIL import Image
 from torchvision import transforms
 
-from .base import ClassificationDataModule
+from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule
 from .images import ImageFiles
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 HOMEPAGE = "http://mmlab.ie.cuhk.edu.hk/datasets/comp_cars/"
 SPLIT_FOLDER = os.path.join("train_test_split", "classification")

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .base import ClassificationDataModule, check_not_empty, hold_out
+from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule, check_not_empty, hold_out
 from .images import ImageFiles
 
 SPLITS = ("train", "val", "test")
@@ -53,8 +53,8 @@ def class_folder_samples(directory: str, classes: Optional[Sequence[str]] = None
 class FolderDataModule(ClassificationDataModule):
     """Images in class folders; the classes (and ``num_classes``) come from the training folder."""
 
-    mean = (0.485, 0.456, 0.406)
-    std = (0.229, 0.224, 0.225)
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
 
     def __init__(
         self,

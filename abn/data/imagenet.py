@@ -18,12 +18,10 @@ from typing import Optional
 from torchvision import transforms
 from torchvision.datasets import imagenet as tv_imagenet
 
-from .base import ClassificationDataModule
+from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule
 from .folder import class_folder_samples
 from .images import ImageFiles
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHIVES = {split: name for split, (name, _) in tv_imagenet.ARCHIVE_META.items()}
 
 
