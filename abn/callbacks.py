@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import lightning as L
 import torch
@@ -19,15 +19,25 @@ class AttentionImageLogger(L.Callback):
     overlaid as it is (the sigmoid output, not stretched: a flat map looks flat), and, where the network's head is
     GAP + linear, its class activation map for the predicted class (ReLU, divided by its maximum: CAM has no fixed
     range). Rows are images. The tag is ``val/attention``.
+
+    ``methods`` (e.g. ``[abn, cam, gradcam, relevance_cam]``) also logs ``val/explanations``: the input, then one
+    column per method of :func:`abn.explain.explain` that applies to the network, every map min-max scaled to
+    [0, 1] (one colormap, one scale), for the predicted class.
     """
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 16, cmap: str = "jet", alpha: float = 0.5,
-                 show_cam: bool = True):
+                 show_cam: bool = True, methods: Optional[Sequence[str]] = None):
         super().__init__()
         if every_n_epochs < 1 or num_images < 1:
             raise ValueError("every_n_epochs and num_images must be at least 1")
+        from .explain import METHODS
+
+        unknown = [method for method in methods or () if method not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown explanation method(s) {', '.join(unknown)}; methods: {', '.join(METHODS)}")
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.cmap, self.alpha, self.show_cam = cmap, alpha, show_cam
+        self.methods = list(methods or [])
         self._batch: Optional[tuple[Tensor, Optional[Tensor]]] = None
 
     def _fixed_images(self, trainer: L.Trainer) -> tuple[Tensor, Optional[Tensor]]:
@@ -75,5 +85,20 @@ class AttentionImageLogger(L.Callback):
         if not loggers:
             return
         grid = self.grid(trainer, pl_module)
+        explanations = self.explanation_grid(trainer, pl_module) if self.methods else None
         for logger in loggers:
             logger.experiment.add_image("val/attention", grid, global_step=trainer.global_step)
+            if explanations is not None:
+                logger.experiment.add_image("val/explanations", explanations, global_step=trainer.global_step)
+
+    def explanation_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
+        """Input (with box) | one column per applicable method of ``methods``."""
+        from .explain import applicable_methods, explain
+        from .explain.run import explanation_grid
+
+        images, boxes = self._fixed_images(trainer)
+        net = pl_module.net
+        usable = applicable_methods(net)
+        x = images.to(pl_module.device)
+        maps = [explain(net, x, method) for method in self.methods if method in usable]  # leaves net as it was
+        return explanation_grid(trainer.datamodule, images, boxes, maps, self.cmap, self.alpha)

@@ -54,3 +54,22 @@ def side_by_side(columns: Sequence[Tensor], padding: int = 2) -> Tensor:
     """One grid, a row per image, a column per tensor in ``columns`` (each B×3×H×W)."""
     stacked = torch.stack([c.float().cpu() if c.shape[1] == 3 else c.float().cpu().expand(-1, 3, -1, -1) for c in columns], 1)
     return make_grid(stacked.flatten(0, 1), nrow=len(columns), padding=padding, pad_value=1.0)
+
+
+def save_titled_grid(grid: Tensor, titles: Sequence[str], path, scale: float = 3.0) -> None:
+    """Save a :func:`side_by_side` grid as a PNG, enlarged ``scale`` times (nearest), with a title over each column."""
+    import matplotlib.pyplot as plt
+
+    height, width = grid.shape[-2:]
+    dpi = 100
+    figure = plt.figure(figsize=(width * scale / dpi, (height * scale + 40) / dpi), dpi=dpi)
+    axes = figure.add_axes((0, 0, 1, height * scale / (height * scale + 40)))
+    axes.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    axes.set_xticks([(i + 0.5) * width / len(titles) for i in range(len(titles))], labels=list(titles), fontsize=8)
+    axes.xaxis.tick_top()
+    axes.tick_params(length=0)
+    axes.set_yticks([])
+    for side in axes.spines.values():
+        side.set_visible(False)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)

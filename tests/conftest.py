@@ -50,11 +50,11 @@ def fashion_mnist_system_copy(tmp_path_factory) -> Path:
     return make_fashion_mnist(tmp_path_factory.mktemp("debian") / "fashion-mnist")
 
 
-def compose_train_config(output_dir: Path, overrides: list[str]) -> DictConfig:
-    """The real ``train`` config with ``overrides``, Hydra's runtime filled in as ``abn-train`` would."""
+def compose_train_config(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The real ``train`` config (or ``explain``) with ``overrides``, Hydra's runtime filled in as the CLI would."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = str(output_dir)

@@ -3,6 +3,7 @@
 from .base import ClassificationDataModule
 from .celeba import CelebADataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .cluttered import ClutteredFashionMNISTDataModule
 from .compcars import CompCarsDataModule
 from .fashion_mnist import FashionMNISTDataModule
 from .folder import FolderDataModule
@@ -14,6 +15,7 @@ __all__ = [
     "CelebADataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "ClutteredFashionMNISTDataModule",
     "ClassificationDataModule",
     "CompCarsDataModule",
     "FashionMNISTDataModule",

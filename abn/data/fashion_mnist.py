@@ -70,6 +70,19 @@ def missing_data_message(root: str | Path, reason: str = "") -> str:
     )
 
 
+def prepare_files(root: str | Path, search_dirs: Sequence[str | Path], download: bool) -> None:
+    """The four IDX files in ``<root>/FashionMNIST/raw``: from a local copy, else downloaded if allowed, else a clear error."""
+    if copy_local_files(root, search_dirs):
+        return
+    if not download:
+        raise FileNotFoundError(missing_data_message(root))
+    try:
+        datasets.FashionMNIST(root, train=True, download=True)
+        datasets.FashionMNIST(root, train=False, download=True)
+    except Exception as error:  # no network, proxy, checksum: all end the same way for the user
+        raise FileNotFoundError(missing_data_message(root, f"{type(error).__name__}: {error}")) from error
+
+
 class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
     """Fashion-MNIST with a validation split carved (seeded) from the 60k training images."""
 
@@ -106,15 +119,7 @@ class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
         self.classes = list(datasets.FashionMNIST.classes)
 
     def prepare_data(self) -> None:
-        if copy_local_files(self.root, self.search_dirs):
-            return
-        if not self.download:
-            raise FileNotFoundError(missing_data_message(self.root))
-        try:
-            datasets.FashionMNIST(self.root, train=True, download=True)
-            datasets.FashionMNIST(self.root, train=False, download=True)
-        except Exception as error:  # no network, proxy, checksum: all end the same way for the user
-            raise FileNotFoundError(missing_data_message(self.root, f"{type(error).__name__}: {error}")) from error
+        prepare_files(self.root, self.search_dirs, self.download)
 
     def _transform(self, train: bool) -> transforms.Compose:
         steps = [transforms.RandomCrop(28, padding=2), transforms.RandomHorizontalFlip()] if train and self.augment else []

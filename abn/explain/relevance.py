@@ -1,0 +1,296 @@
+"""Relevance-CAM (Lee et al., CVPR 2021): layer-wise relevance propagation down to chosen layers, done with hooks
+and autograd on the model as it is (no rewritten copy of the network).
+
+How relevance is computed
+-------------------------
+Relevance is kept in the "gradient × input" form: for every tensor ``a`` of the network, ``R_a = a ⊙ g_a``, where
+``g_a`` is a *modified* gradient of the start signal. Plain autograd then already applies the z rule wherever the
+rule's denominator is the op's own output: an element-wise ReLU passes relevance through, max-pooling gives it all
+to the winner, and an addition that is not a module (the residual ``out += shortcut(x)``) splits it in proportion
+to each summand's contribution, ``R_a = a / (a + b) · R``.
+
+Where the rule differs from the plain gradient, a forward hook replaces the module's output ``y`` by
+
+    y + (z − z.detach()) · (y / stabilise(z)).detach()
+
+whose value is exactly ``y`` and whose gradient is that of ``z`` scaled by ``y / z``. With ``R_out = y ⊙ g_out``
+the module's input then receives ``R_in = x ⊙ ∂z/∂x · R_out / z``: the rule whose contributions are ``z``'s terms.
+
+* ``nn.Conv1d/2d/3d`` and ``nn.Linear``: z⁺ rule (α1β0), ``z = layer(x⁺, W⁺) + layer(x⁻, W⁻)``; the bias is left
+  out, so the relevance is conserved;
+* average pooling (positive weights): ``z = pool(x⁺)``;
+* BatchNorm: identity rule, ``z = x · γ / sqrt(var + ε)``: relevance passes through and the bias absorbs none.
+
+Weights are detached in every ``z``, so no parameter receives a gradient. ``stabilise(z) = z + ε·sign(z)`` with
+``sign(0) = 1`` and an absolute ``ε = 1e-9``; where ``z`` is exactly 0 no input term contributed, so that output's
+relevance is dropped instead of being divided by ``ε`` (which could only make huge gradients times zero inputs).
+
+Gates carry no relevance (Arras et al.): the attention map of an Attention Branch Network is detached, so the
+perception branch's ``g · (1 + M)`` hands ``g`` the relevance unchanged and none flows into the attention branch.
+
+A layer's relevance is read by adding a zero "probe" (a leaf that requires grad) to the layer's output. The
+gradient with respect to the probe is the gradient with respect to that output *as it was produced*, even when
+the network later changes the output in place (``out += shortcut``, ``ReLU(inplace=True)``); and as nothing before
+the first probe requires grad (the caller froze the parameters), the backward pass only runs from the logits down
+to the shallowest requested layer. Rule hooks skip modules whose input does not require grad for the same reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+RULES = ("z+", "z")
+STARTS = ("contrastive", "target")
+EPSILON = 1e-9
+
+ZFunction = Callable[[nn.Module, Tensor], Tensor]
+
+
+def stabilise(z: Tensor) -> Tensor:
+    """``z + ε·sign(z)`` with ``sign(0) = 1``: never zero, and small values keep their sign."""
+    return z + torch.where(z >= 0, EPSILON, -EPSILON).to(z.dtype)
+
+
+def _positive_part(x: Tensor) -> Tensor:
+    # relu rather than clamp: its backward keeps its own output, not x, so a later in-place change of x is harmless
+    return F.relu(x)
+
+
+def _negative_part(x: Tensor) -> Tensor:
+    return -F.relu(-x)
+
+
+def _z_plus_conv(module: nn.Module, x: Tensor) -> Tensor:
+    weight = module.weight.detach()
+    positive = module._conv_forward(_positive_part(x), weight.clamp(min=0), None)
+    negative = module._conv_forward(_negative_part(x), weight.clamp(max=0), None)
+    return positive + negative
+
+
+def _z_plus_linear(module: nn.Module, x: Tensor) -> Tensor:
+    weight = module.weight.detach()
+    return F.linear(_positive_part(x), weight.clamp(min=0)) + F.linear(_negative_part(x), weight.clamp(max=0))
+
+
+def _z_plus_average_pool(module: nn.Module, x: Tensor) -> Tensor:
+    # .forward, not __call__: calling the module would run this very hook again
+    return module.forward(_positive_part(x))
+
+
+def _identity_batch_norm(module: nn.Module, x: Tensor) -> Tensor:
+    if module.training or module.running_var is None:
+        reduced = [d for d in range(x.dim()) if d != 1]
+        variance = x.detach().var(dim=reduced, unbiased=False)
+    else:
+        variance = module.running_var
+    scale = torch.rsqrt(variance.detach() + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight.detach()
+    return x * scale.reshape([1, -1] + [1] * (x.dim() - 2)).to(x.dtype)
+
+
+Z_PLUS_RULES: tuple[tuple[tuple[type, ...], ZFunction], ...] = (
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _z_plus_conv),
+    ((nn.Linear,), _z_plus_linear),
+    (
+        (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
+        _z_plus_average_pool,
+    ),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _identity_batch_norm),
+)
+
+
+def _z_function(module: nn.Module) -> Optional[ZFunction]:
+    for types, z_function in Z_PLUS_RULES:
+        if isinstance(module, types):
+            return z_function
+    return None
+
+
+def with_rule_gradient(y: Tensor, z: Tensor) -> Tensor:
+    """A tensor equal to ``y`` whose gradient is ``∂z/∂x · y / z`` (zero where ``z`` is exactly zero)."""
+    y_value, z_value = y.detach(), z.detach()
+    ratio = torch.where(z_value != 0, y_value / stabilise(z_value), torch.zeros_like(z_value))
+    return y_value + (z - z_value) * ratio
+
+
+def _rule_hook(z_function: ZFunction):
+    def hook(module: nn.Module, inputs: tuple, output: object) -> Optional[Tensor]:
+        if not inputs or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
+            return None
+        x = inputs[0]
+        if not x.requires_grad:  # upstream of every requested layer: no relevance can reach it
+            return None
+        return with_rule_gradient(output, z_function(module, x))
+
+    return hook
+
+
+def _detach_attention(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Attention branch hook: the map M gates the features and so carries no relevance."""
+    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], Tensor):
+        return output[0], output[1].detach()
+    return None
+
+
+def _capture_hook(name: str, captured: dict[str, tuple[Tensor, Tensor]]):
+    def hook(module: nn.Module, inputs: tuple, output: object) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"layer {name!r} outputs {shape}, not a B×C×h×w feature map; choose a convolutional layer or stage"
+            )
+        probe = torch.zeros_like(output, requires_grad=True)
+        # a copy: the network goes on with output + probe, but the same tensor may be reachable elsewhere (an
+        # Identity hands on its input) and be changed in place later
+        captured[name] = (probe, output.detach().clone())
+        return output + probe
+
+    return hook
+
+
+def _check_choice(value: str, valid: tuple[str, ...], what: str) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def _resolve_layers(model: nn.Module, layers: list[str]) -> dict[str, nn.Module]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise ValueError("layers is empty; name at least one module of model.named_modules(), e.g. a stage")
+    named = dict(model.named_modules())
+    for name in layers:
+        if name not in named:
+            close = difflib.get_close_matches(name, [n for n in named if n], n=5, cutoff=0.5)
+            examples = close or [n for n in named if n][:8]
+            raise ValueError(
+                f"unknown layer {name!r}; it must be a name of model.named_modules(), e.g. {', '.join(examples)}"
+            )
+    return {name: named[name] for name in dict.fromkeys(layers)}
+
+
+def _check_images(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a float tensor B×C×H×W, got {shape}; add a batch dimension or convert")
+    return images.detach()
+
+
+def _check_targets(targets: object, logits: Tensor) -> Tensor:
+    targets = torch.as_tensor(targets, device=logits.device)
+    batch, num_classes = logits.shape
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool or tuple(targets.shape) != (batch,):
+        raise ValueError(
+            f"targets must be {batch} integer class indices (one per image), got {targets.dtype} of shape "
+            f"{tuple(targets.shape)}"
+        )
+    if batch and (targets.min() < 0 or targets.max() >= num_classes):
+        raise ValueError(f"targets must lie in [0, {num_classes}) for this model's {num_classes} classes")
+    return targets.long()
+
+
+def _logits_of(output: object) -> Tensor:
+    logits = output.logits if hasattr(output, "logits") else output
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return B×K logits (or an object with .logits), got {shape}")
+    return logits
+
+
+def start_gradient(logits: Tensor, targets: Tensor, start: str) -> Tensor:
+    """The gradient that seeds the backward pass, so that ``logits ⊙ gradient`` is the start relevance.
+
+    ``"target"``: the target's score (relevance = its logit, 0 elsewhere; the gradient is one-hot).
+    ``"contrastive"``: relevance +1 at the target and −1/(N−1) at each of the N−1 other classes.
+    """
+    one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+    if start == "target":
+        return one_hot
+    num_classes = logits.shape[1]
+    others = (1.0 - one_hot) / max(num_classes - 1, 1)
+    return (one_hot - others) / stabilise(logits.detach())
+
+
+def layer_relevance(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    layers: list[str],
+    rule: str = "z+",
+    start: str = "contrastive",
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """LRP relevance at the outputs of ``layers`` (names of ``model.named_modules()``), for the ``targets`` classes.
+
+    Returns ``(relevance, activations)``, both keyed by layer name: the relevance B×C×h×w at the layer's output and
+    that output itself (detached; its value before any later in-place change). ``rule``: ``"z+"`` (α1β0 for
+    convolutions, linear layers and average pooling, identity for BatchNorm) or ``"z"`` (plain gradient × input).
+    ``start``: ``"contrastive"`` (+1 at the target, −1/(N−1) elsewhere) or ``"target"`` (the target's logit).
+
+    Put the model in eval mode first. A layer called several times in one forward pass reports its last call; a
+    layer from which no relevance reaches the logits (inside the attention branch) gets zeros.
+    """
+    _check_choice(rule, RULES, "rule")
+    _check_choice(start, STARTS, "start")
+    modules = _resolve_layers(model, layers)
+    images = _check_images(images)
+    captured: dict[str, tuple[Tensor, Tensor]] = {}
+    handles: list[RemovableHandle] = []
+    try:
+        attention_branch = getattr(model, "attention_branch", None)
+        if not isinstance(attention_branch, nn.Module):
+            attention_branch = None
+        if rule == "z+":
+            # the attention branch's output is detached below, so rules inside it would be wasted work
+            gated = set(map(id, attention_branch.modules())) if attention_branch is not None else set()
+            for module in model.modules():
+                z_function = _z_function(module)
+                if z_function is not None and id(module) not in gated:
+                    handles.append(module.register_forward_hook(_rule_hook(z_function)))
+        if attention_branch is not None:
+            handles.append(attention_branch.register_forward_hook(_detach_attention))
+        # registered last, so each sees its module's output after that module's own rule hook
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(_capture_hook(name, captured)))
+
+        with torch.enable_grad():
+            logits = _logits_of(model(images))
+            targets = _check_targets(targets, logits)
+            missing = [name for name in modules if name not in captured]
+            if missing:
+                raise ValueError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
+            probes = [captured[name][0] for name in modules]
+            if logits.requires_grad:
+                gradients = torch.autograd.grad(
+                    logits, probes, grad_outputs=start_gradient(logits, targets, start), allow_unused=True
+                )
+            else:
+                gradients = (None,) * len(probes)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    relevance: dict[str, Tensor] = {}
+    activations: dict[str, Tensor] = {}
+    for name, gradient in zip(modules, gradients):
+        activation = captured[name][1]
+        activations[name] = activation
+        relevance[name] = activation * gradient if gradient is not None else torch.zeros_like(activation)
+    return relevance, activations
+
+
+def relevance_cam(model: nn.Module, images: Tensor, targets: Tensor, layers: list[str]) -> dict[str, Tensor]:
+    """Raw Relevance-CAM maps, B×h×w per layer: ``ReLU(Σ_k w_k A^k)`` with ``w_k`` the spatial mean of channel k's
+    relevance (z⁺ rule, contrastive start; Lee et al., CVPR 2021)."""
+    relevance, activations = layer_relevance(model, images, targets, layers, rule="z+", start="contrastive")
+    maps: dict[str, Tensor] = {}
+    for name, layer_relevance_map in relevance.items():
+        channel_weights = layer_relevance_map.mean(dim=(2, 3))
+        maps[name] = F.relu(torch.einsum("bc,bchw->bhw", channel_weights, activations[name]))
+    return maps
