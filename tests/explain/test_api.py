@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from abn.explain import METHODS, applicable_methods, explain
-from abn.models import HEADS, create_model
+from abn.models import HEADS, create_model, list_models, model_info
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -269,3 +269,25 @@ def test_bad_inputs_name_the_fix(images):
         explain(cam_net, images, "guided_backprop", differentiable=True)
     with pytest.raises(ValueError, match="B×C×H×W"):
         explain(cam_net, images[0], "gradcam")
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_method_on_every_registered_model(arch):
+    """One image through every method that applies, on every arch of abn.models (ABN head: the superset)."""
+    torch.manual_seed(0)
+    net = create_model(arch, head="abn", num_classes=3)
+    size = 32 if model_info(arch).input_size == 32 else 64
+    image = torch.randn(1, 3, size, size)
+    for method in applicable_methods(net):
+        maps = explain(net, image, method)
+        assert maps.shape == (1, size, size) and torch.isfinite(maps).all(), method
+
+
+@pytest.mark.parametrize("name, split", [("resnet18", "layer3"), ("efficientnet_b0", "features.5")])
+def test_every_method_on_torchvision_abn_models(name, split):
+    torch.manual_seed(0)
+    net = create_model(f"torchvision:{name}", head="abn", num_classes=3, split=split)
+    image = torch.randn(2, 3, 64, 64)
+    for method in applicable_methods(net):
+        maps = explain(net, image, method)
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all(), method
