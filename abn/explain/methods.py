@@ -135,10 +135,8 @@ def guided_backprop(model: nn.Module, images: Tensor, targets: Optional[object])
 def relevance_cams(model: nn.Module, images: Tensor, layers: Sequence[str], targets: Optional[object]) -> dict[str, Tensor]:
     from .relevance import relevance_cam
 
-    if targets is None:
-        with torch.no_grad():
-            chosen = logits_of(model(images)).argmax(dim=1)
-    else:
+    chosen = None  # None: relevance_cam explains the prediction of its own forward pass
+    if targets is not None:  # checked here for the same message as every other method
         with torch.no_grad():
             chosen = resolve_targets(targets, logits_of(model(images[:1])).expand(len(images), -1))
     return relevance_cam(model, images, chosen, list(layers))

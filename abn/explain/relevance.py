@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .layers import logits_of
+
 RULES = ("z+", "z")
 STARTS = ("contrastive", "target")
 EPSILON = 1e-9
@@ -196,14 +198,6 @@ def _check_targets(targets: object, logits: Tensor) -> Tensor:
     return targets.long()
 
 
-def _logits_of(output: object) -> Tensor:
-    logits = output.logits if hasattr(output, "logits") else output
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return B×K logits (or an object with .logits), got {shape}")
-    return logits
-
-
 def start_gradient(logits: Tensor, targets: Tensor, start: str) -> Tensor:
     """The gradient that seeds the backward pass, so that ``logits ⊙ gradient`` is the start relevance.
 
@@ -221,12 +215,13 @@ def start_gradient(logits: Tensor, targets: Tensor, start: str) -> Tensor:
 def layer_relevance(
     model: nn.Module,
     images: Tensor,
-    targets: Tensor,
+    targets: Optional[Tensor],
     layers: list[str],
     rule: str = "z+",
     start: str = "contrastive",
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """LRP relevance at the outputs of ``layers`` (names of ``model.named_modules()``), for the ``targets`` classes.
+    """LRP relevance at the outputs of ``layers`` (names of ``model.named_modules()``), for the ``targets`` classes
+    (None: the predicted ones).
 
     Returns ``(relevance, activations)``, both keyed by layer name: the relevance B×C×h×w at the layer's output and
     that output itself (detached; its value before any later in-place change). ``rule``: ``"z+"`` (α1β0 for
@@ -260,8 +255,8 @@ def layer_relevance(
             handles.append(module.register_forward_hook(_capture_hook(name, captured)))
 
         with torch.enable_grad():
-            logits = _logits_of(model(images))
-            targets = _check_targets(targets, logits)
+            logits = logits_of(model(images))
+            targets = logits.argmax(dim=1) if targets is None else _check_targets(targets, logits)
             missing = [name for name in modules if name not in captured]
             if missing:
                 raise ValueError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
@@ -285,7 +280,7 @@ def layer_relevance(
     return relevance, activations
 
 
-def relevance_cam(model: nn.Module, images: Tensor, targets: Tensor, layers: list[str]) -> dict[str, Tensor]:
+def relevance_cam(model: nn.Module, images: Tensor, targets: Optional[Tensor], layers: list[str]) -> dict[str, Tensor]:
     """Raw Relevance-CAM maps, B×h×w per layer: ``ReLU(Σ_k w_k A^k)`` with ``w_k`` the spatial mean of channel k's
     relevance (z⁺ rule, contrastive start; Lee et al., CVPR 2021)."""
     relevance, activations = layer_relevance(model, images, targets, layers, rule="z+", start="contrastive")
