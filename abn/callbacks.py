@@ -9,23 +9,24 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from .visualize import draw_boxes, overlay, scale_by_max, side_by_side
+from .visualize import GridColumn, draw_boxes, render_columns, scale_by_max
 
 
 class AttentionImageLogger(L.Callback):
-    """Every ``every_n_epochs`` validation epochs, log one grid of a fixed set of validation images.
+    """Every ``every_n_epochs`` validation epochs, log one titled figure of a fixed set of validation images.
 
-    Columns: the de-normalised input (with its ground-truth box where the data set has one), the ABN attention map
-    overlaid as it is (the sigmoid output, not stretched: a flat map looks flat), and, where the network's head is
-    GAP + linear, its class activation map for the predicted class (ReLU, divided by its maximum: CAM has no fixed
-    range). Rows are images. The tag is ``val/attention``.
+    ``val/attention``: a row per image; columns: the de-normalised input (with its ground-truth box where the data
+    set has one), the ABN attention map on its own and over the input in dimmed grey (the sigmoid output as it is,
+    not stretched: a flat map looks flat), and, where the network's head is GAP + linear, its class activation map
+    for the predicted class, on its own and over the input (ReLU, divided by its maximum: CAM has no fixed range).
+    A colour bar and a caption state the scales.
 
     ``methods`` (e.g. ``[abn, cam, gradcam, relevance_cam]``) also logs ``val/explanations``: the input, then one
     column per method of :func:`abn.explain.explain` that applies to the network, every map min-max scaled to
     [0, 1] (one colormap, one scale), for the predicted class.
     """
 
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 16, cmap: str = "jet", alpha: float = 0.5,
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 8, cmap: str = "jet", alpha: float = 0.5,
                  show_cam: bool = True, methods: Optional[Sequence[str]] = None):
         super().__init__()
         if every_n_epochs < 1 or num_images < 1:
@@ -68,12 +69,23 @@ class AttentionImageLogger(L.Callback):
             net.train(was_training)
         datamodule = trainer.datamodule
         shown = datamodule.denormalize(images) if hasattr(datamodule, "denormalize") else images.clamp(0, 1)
-        columns = [draw_boxes(shown, boxes)]
+        columns = [GridColumn("input + box" if boxes is not None else "input", images=draw_boxes(shown, boxes))]
+        label, caption = [], []  # what the colour bar's 0..1 means, per kind of map
         if out.attention is not None:
-            columns.append(overlay(shown, out.attention.cpu(), self.cmap, self.alpha))
+            columns += [GridColumn("ABN map", maps=out.attention),
+                        GridColumn("ABN map on input", images=shown, maps=out.attention)]
+            label.append("ABN: sigmoid output as is")
+            caption.append("ABN map: the attention branch's sigmoid output, 0 to 1, not stretched "
+                           "(a flat map looks flat).")
         if cam is not None:
-            columns.append(overlay(shown, scale_by_max(cam.cpu()), self.cmap, self.alpha))
-        return side_by_side(columns)
+            cam = scale_by_max(cam)
+            columns += [GridColumn("CAM (predicted class)", maps=cam),
+                        GridColumn("CAM on input", images=shown, maps=cam)]
+            label.append("CAM: fraction of the image's maximum")
+            caption.append("CAM: ReLU, divided by each image's maximum (1 = its peak).")
+        if caption:
+            caption.append("Overlays: the map over the input in dimmed grey.")
+        return render_columns(columns, self.cmap, self.alpha, " ".join(caption), " · ".join(label))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -92,13 +104,13 @@ class AttentionImageLogger(L.Callback):
                 logger.experiment.add_image("val/explanations", explanations, global_step=trainer.global_step)
 
     def explanation_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
-        """Input (with box) | one column per applicable method of ``methods``."""
+        """Input (with box) | one titled column per applicable method of ``methods``."""
         from .explain import applicable_methods, explain
         from .explain.run import explanation_grid
 
         images, boxes = self._fixed_images(trainer)
         net = pl_module.net
-        usable = applicable_methods(net)
+        usable = [method for method in self.methods if method in applicable_methods(net)]
         x = images.to(pl_module.device)
-        maps = [explain(net, x, method) for method in self.methods if method in usable]  # leaves net as it was
-        return explanation_grid(trainer.datamodule, images, boxes, maps, self.cmap, self.alpha)
+        maps = [explain(net, x, method) for method in usable]  # leaves net as it was
+        return explanation_grid(trainer.datamodule, images, boxes, maps, usable, self.cmap, self.alpha)

@@ -86,6 +86,7 @@ class ABNModule(L.LightningModule):
         if compile:
             self.net.compile()
         self.optimizer_factory = optimizer
+        self.derived_run_length: Optional[tuple[str, int]] = None  # (scheduler argument, value) filled from the run
         self.scheduler_factory = scheduler
         self.has_branch = head == "abn"
         branches = ("acc", "acc_att") if self.has_branch else ("acc",)
@@ -160,5 +161,23 @@ class ABNModule(L.LightningModule):
         length = int(self.trainer.estimated_stepping_batches) if interval == "step" else self.trainer.max_epochs
         for key in ("T_max", "total_steps"):
             if key in accepted and given.get(key) is None:
+                self.derived_run_length = (key, length)
                 return functools.partial(factory, **{key: length})
         return factory
+
+    def on_train_start(self) -> None:
+        """A resumed schedule keeps the length it was made with: refuse a run of another length before its first
+        step (the scheduler would otherwise fail mid-run, or restart its cycle)."""
+        if self.derived_run_length is None:
+            return
+        key, length = self.derived_run_length
+        for config in self.trainer.lr_scheduler_configs:
+            saved = getattr(config.scheduler, key, None)
+            if saved is not None and saved != length:
+                unit = "optimizer steps" if key == "total_steps" else "epochs"
+                raise ValueError(
+                    f"the checkpoint's learning-rate schedule ({type(config.scheduler).__name__}) was made for a run of "
+                    f"{saved} {unit}, this run has {length}: trainer.max_epochs, data.batch_size or the data differ from "
+                    "the run that wrote it. Resume it with that run's settings (abn-train ckpt_path=<run>/checkpoints/"
+                    "last.ckpt reads them from the run folder), or start a new run without ckpt_path"
+                )

@@ -1,13 +1,16 @@
 """``abn-train``: train an ABN (or its baseline / CAM twin) from the Hydra config in ``conf/``.
 
-    abn-train                                   # the embedded shapes data set, CPU, a few minutes
+    abn-train                                   # the embedded shapes data set, CPU, about a minute
     abn-train -m model.head=baseline,cam,abn seed=1,2
     abn-train experiment=fashion_mnist
+    abn-train ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt   # continue that run, in its folder
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,9 +21,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .cli import reported_errors, route_library_logs_to_run_log
 from .config import config_dir
+from .models.registry import arch_size_note, default_arch_for, longer_side
+from .resume import check_resumed_settings, is_resumed_in_place, record_resumed_settings, resume_arguments
+
+log = logging.getLogger("abn")
 
 HPARAM_SECTIONS = ("model", "data", "trainer")
 SKIPPED_HPARAMS = ("_target_", "_partial_", "root", "search_dirs", "num_workers", "pin_memory", "default_root_dir")
@@ -88,19 +97,31 @@ def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
 
 
 def adopt_data_facts(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
-    """Let the data decide what it alone knows: the class count (``data.num_classes=null``: found in the files) and
-    the task (multiclass or multilabel); the model config reads both through ``${data.…}``."""
+    """Let the data decide what it alone knows: the class count (``data.num_classes=null``: found in the files), the
+    task (multiclass or multilabel), and the network when ``model.arch`` is null (resnet20 for small images, resnet18
+    for ImageNet-size ones); the model config reads the first two through ``${data.…}``."""
     if cfg.data.get("num_classes") is None and hasattr(datamodule, "discover_classes"):
         datamodule.discover_classes()
     with open_dict(cfg):
         cfg.data.num_classes = getattr(datamodule, "num_classes", cfg.data.get("num_classes"))
         cfg.data.task = getattr(datamodule, "task", "multiclass")
+        if "model" in cfg and cfg.model.get("arch") is None:
+            cfg.model.arch = default_arch_for(datamodule.input_size)
+            log.info("model.arch=%s: the usual network for this data's %s-px images (set model.arch to choose another)",
+                     cfg.model.arch, longer_side(datamodule.input_size))
+        elif "model" in cfg:
+            note = arch_size_note(cfg.model.arch, datamodule.input_size)
+            if note:
+                log.warning(note)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …)."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":
+        raise ValueError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU version); add "
+                         "trainer.sync_batchnorm=false to run DDP on CPU")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     adopt_data_facts(cfg, datamodule)
     model: L.LightningModule = instantiate(cfg.model)
@@ -140,18 +161,39 @@ def print_summary(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, 
     checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
     if checkpoint and Path(checkpoint).is_file():
         lines.append(f"  checkpoint:       {checkpoint}")
+        lines.append(f"  resume it with:   abn-train ckpt_path={checkpoint}")
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             log_dir = Path(logger.log_dir)
             lines.append(f"  TensorBoard logs: {log_dir}")
             lines.append(f"  open them with:   tensorboard --logdir {log_dir.parent} --samples_per_plugin images=100")
-    print("\n".join(lines), flush=True)
+    log.info("\n".join(lines))
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> Optional[float]:
-    metrics = train(cfg)
+def run(cfg: DictConfig) -> Optional[float]:
+    """One Hydra job: a run in its own folder, or the continuation of the run a checkpoint came from."""
+    route_library_logs_to_run_log()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    resumed = is_resumed_in_place(cfg, run_dir, hydra_cfg.output_subdir)
+    with reported_errors(run_dir, fresh_folder=not resumed):
+        if resumed:
+            log.info("Resuming the run in %s from %s", run_dir, cfg.ckpt_path)
+            check_resumed_settings(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), cfg, run_dir)
+            record_resumed_settings(run_dir, cfg, hydra_cfg)
+        metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""))
+
+
+def main() -> None:
+    """``abn-train``: a checkpoint of an earlier run (``ckpt_path=``) continues that run with its settings."""
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+    except Exception as error:  # an unreadable .hydra/ beside the checkpoint: say so, no traceback
+        sys.exit(f"cannot continue the run of this checkpoint: {type(error).__name__}: {error}\n"
+                 "Fix or remove the run's .hydra/ folder, or copy the checkpoint elsewhere to resume it in a new folder.")
+    run()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sys
+from typing import Callable
+
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -59,5 +62,26 @@ def compose_train_config(output_dir: Path, overrides: list[str], config_name: st
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = str(output_dir)
         cfg.hydra.job.num = 0
+        cfg.paths.root_dir = str(output_dir)  # as if started from there: ./data and ./logs inside the test's folder
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def run_cli(entry: Callable[[], None], arguments: list[str], cwd: Path, monkeypatch, capsys,
+            expect_success: bool = True) -> tuple[int, str, str]:
+    """Run a console entry point (``abn.train.main``, ``abn.explain.run.main``) in this process as its script would
+    run: Hydra parses ``arguments``, makes the run folder and reports errors. Returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["abn-cli", *arguments])
+    GlobalHydra.instance().clear()
+    try:
+        entry()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    printed = capsys.readouterr()
+    if expect_success:
+        assert code == 0, f"{' '.join(arguments)} exited with {code}:\n{printed.out[-3000:]}\n{printed.err[-3000:]}"
+    return code, printed.out, printed.err

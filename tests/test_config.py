@@ -28,3 +28,27 @@ def test_every_config_file_ships_in_the_installed_package():
     shipped = {str(path) for path in dist.files or []}
     expected = {f"abn/conf/{p.relative_to(REPO_CONF).as_posix()}" for p in REPO_CONF.rglob("*.yaml")}
     assert expected and expected <= shipped, f"not packaged: {sorted(expected - shipped)}"
+
+
+def test_job_folder_names_are_unquoted_paths_hydra_takes_and_short():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from abn.config import MAX_JOB_FOLDER, job_folder_name
+
+    assert job_folder_name(0, "model.head=baseline,trainer.max_epochs=1") == "0_model.head-baseline_trainer.max_epochs-1"
+    assert job_folder_name(3, "") == "3"
+    assert job_folder_name(1, "model/scheduler=cosine,methods=[abn,cam]") == "1_model.scheduler-cosine_methods-abn_cam"
+    many = ",".join(f"model.option_{i}=value_{i}" for i in range(40))
+    long_one, other = job_folder_name(7, many), job_folder_name(7, many + "x")
+    assert len(long_one) <= len("7_") + MAX_JOB_FOLDER and long_one != other
+    parser = OverridesParser.create()
+    for name in (long_one, job_folder_name(0, "model.head=baseline,data.root=/a b,seed=1")):
+        path = f"/logs/train/multiruns/2026-12-01_10-00-00/{name}/checkpoints/last.ckpt"
+        assert parser.parse_override(f"ckpt_path={path}").value() == path
+
+
+def test_workers_are_at_most_the_available_cores(monkeypatch):
+    import abn.config
+
+    monkeypatch.setattr(abn.config, "available_cores", lambda: 2)
+    assert abn.config.at_most_cores(8) == 2 and abn.config.at_most_cores(1) == 1

@@ -11,10 +11,12 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from abn.config import MAX_JOB_FOLDER
 from abn.module import ABNModule
 from abn.train import check_resume_checkpoint, train
 
@@ -65,8 +67,14 @@ def test_tensorboard_holds_the_image_grid_the_hparams_and_real_metrics(tmp_path)
 
     grids = events.Images("val/attention")
     assert [g.step for g in grids] == [4, 8]  # every epoch: 64 images / batch 16
-    # 4 rows (images) × 3 columns (input | ABN map | CAM) of 32-pixel tiles with 2-pixel padding
-    assert (grids[-1].height, grids[-1].width) == (4 * 34 + 2, 3 * 34 + 2)
+    # 4 rows (images) × 5 columns (input | ABN map | on input | CAM | on input), 32-pixel inputs shown at 96 px,
+    # under column titles and a caption, beside a colour bar: RGB, readable, still one screen
+    from io import BytesIO
+
+    from PIL import Image
+
+    assert Image.open(BytesIO(grids[-1].encoded_image_string)).mode == "RGB"
+    assert 4 * 96 + 40 <= grids[-1].height <= 700 and 5 * 96 + 50 <= grids[-1].width <= 800
 
     tags = events.Tags()["scalars"]
     for tag in ["train/loss_att_step", "train/loss_per_step", "val/acc", "val/acc_att", "test/acc", "lr-SGD"]:
@@ -113,40 +121,51 @@ def test_unknown_arch_lists_the_valid_ones(tmp_path):
 
 
 def _run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The installed console script ``abn-train`` (``python -m abn.train`` where it is not on disk)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "abn.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    script = Path(sys.executable).with_name("abn-train")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "abn.train"]
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_reports_a_bad_head_in_one_line(tmp_path):
     result = _run_cli(["model.head=gradcam"], tmp_path)
     assert result.returncode != 0
     assert "valid heads: baseline, cam, abn" in result.stderr
-    assert not (tmp_path / "logs" / "train" / "runs").exists() or not list((tmp_path / "logs").rglob("*.ckpt"))
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "logs" / "train" / "runs").iterdir())  # no empty run folder left behind
 
 
-def test_multirun_gives_each_job_its_own_folder_and_tensorboard_run(tmp_path):
+def test_multirun_as_documented_gives_each_job_its_own_folder_and_tensorboard_run(tmp_path):
+    """The README's sweep, started from any folder, without setting hydra.sweep.dir; job folders are short names
+    that ckpt_path= takes unquoted."""
     args = ["-m", "model.head=baseline,abn", "trainer.max_epochs=1", "callbacks.attention_images.num_images=2",
-            "hydra.sweep.dir=sweep", *TINY_SHAPES]
+            *TINY_SHAPES]
     result = _run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2 and jobs[0].startswith("0_") and jobs[1].startswith("1_")
-    assert "model.head=baseline" in jobs[0] and "model.head=abn" in jobs[1]
+    assert not any(character in job for job in jobs for character in "=,[]")
+    assert all(len(job) <= 2 + MAX_JOB_FOLDER for job in jobs)  # many overrides: cut, with a hash
+    assert [OmegaConf.load(sweep / job / ".hydra" / "overrides.yaml")[0] for job in jobs] == \
+        ["model.head=baseline", "model.head=abn"]
     heads = []
     for job in jobs:
-        events = _events(tmp_path / "sweep" / job / "tensorboard")
+        events = _events(sweep / job / "tensorboard")
         content = events.PluginTagToContent("hparams")
         session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         heads.append(session.session_start_info.hparams["model.head"].string_value)
         assert "hp/test_acc" in events.Tags()["scalars"]
-        assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert "Training finished." in (sweep / job / "train.log").read_text()
     assert heads == ["baseline", "abn"]
     assert "Training finished." in result.stdout
+    assert f"abn-train ckpt_path={sweep / jobs[1] / 'checkpoints' / 'last.ckpt'}" in result.stdout
 
 
 def test_resume_checks_the_checkpoint_first(tmp_path):
-    cfg = compose_train_config(tmp_path / "first", TINY_SHAPES + ["trainer.max_epochs=1", "model/scheduler=cosine"])
+    cfg = compose_train_config(tmp_path / "first", TINY_SHAPES + ["trainer.max_epochs=1", "model/scheduler=multistep"])
     train(cfg)
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
@@ -159,8 +178,9 @@ def test_resume_checks_the_checkpoint_first(tmp_path):
         train(missing)
     assert last.read_bytes() == before  # nothing on disk was touched
 
+    # a schedule not sized to the run (multistep) can be continued for longer
     resumed = compose_train_config(tmp_path / "fourth", TINY_SHAPES + [f"ckpt_path={last}", "trainer.max_epochs=2",
-                                                                      "model/scheduler=cosine"])
+                                                                      "model/scheduler=multistep"])
     assert "test/acc" in train(resumed)
 
 

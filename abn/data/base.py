@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning as L
 import torch
@@ -16,6 +16,8 @@ from .images import image_file_sets, skip_unreadable_collate
 # backbones (ImageNet, CompCars, CelebA, folders of photos) normalise with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+InputSize = Union[int, Sequence[int]]  # a side in pixels, or (height, width)
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -43,6 +45,15 @@ class ClassificationDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    @property
+    def input_size(self) -> InputSize:
+        """The side in pixels of the images the loaders yield, or their (height, width): ``image_size`` where the
+        module has one; data sets of a fixed size set it as a class attribute."""
+        image_size = getattr(self, "image_size", None)
+        if image_size is None:
+            raise NotImplementedError(f"{type(self).__name__} does not say the size of its images; set model.arch")
+        return image_size
 
     def normalize(self, image: Tensor) -> Tensor:
         mean = torch.tensor(self.mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)

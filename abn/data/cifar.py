@@ -57,6 +57,7 @@ class CIFARDataModule(OnDeviceLoaders, ClassificationDataModule):
     download_class: type = datasets.CIFAR10
     archive = "cifar-10-python.tar.gz"
     title = "CIFAR-10"
+    input_size = 32
 
     def __init__(
         self,
@@ -88,8 +89,9 @@ class CIFARDataModule(OnDeviceLoaders, ClassificationDataModule):
         return (
             f"{self.title} was not found in {folder}" + (f" and could not be downloaded ({reason})" if reason else "")
             + f". Download {self.archive} from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it in "
-            f"{self.root} (it creates {self.dataset_class.base_folder}/), or set data.download=true on a machine "
-            "with internet access."
+            f"{self.root} (it creates {self.dataset_class.base_folder}/)"
+            + (" on a machine with internet access and copy it here." if reason else
+               ", or set data.download=true on a machine with internet access.")
         )
 
     def prepare_data(self) -> None:

@@ -221,6 +221,10 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
             self.mean, self.std = self.mean * 3, self.std * 3
         self.classes = list(datasets.FashionMNIST.classes)
 
+    @property
+    def input_size(self) -> int:
+        return self.canvas_size
+
     def prepare_data(self) -> None:
         prepare_files(self.root, self.search_dirs, self.download)
 

@@ -60,14 +60,19 @@ def _find(directory: Path, name: str) -> Optional[Path]:
     return None
 
 
-def missing_data_message(root: str | Path, reason: str = "") -> str:
-    return (
-        f"Fashion-MNIST was not found in {raw_folder(root)}"
-        + (f" and could not be downloaded ({reason})" if reason else "")
-        + ". Either install the Debian package (`apt-get install dataset-fashion-mnist`, which puts the files in "
-        f"{SYSTEM_COPIES[0]}), or copy the four files {', '.join(IDX_FILES)} (gzipped or not) into "
-        f"{raw_folder(root)}, or allow downloading with data.download=true on a machine with internet access."
+def missing_data_message(root: str | Path, download: bool, reason: str = "") -> str:
+    """What is missing and the routes left: turning ``download`` on where it is off; after a failed download
+    (``reason``), the offline ones."""
+    offline = (
+        f"install the Debian package dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`; the files it puts "
+        f"in {SYSTEM_COPIES[0]} are read from there), or copy the four files {', '.join(IDX_FILES)} (gzipped or not) "
+        f"into {raw_folder(root)}"
     )
+    if download:
+        return (f"Fashion-MNIST is not in {raw_folder(root)} and downloading it failed ({reason}). Without the "
+                f"download: {offline}.")
+    return (f"Fashion-MNIST is not in {raw_folder(root)} and data.download=false. Set data.download=true on a machine "
+            f"with internet access, or {offline}.")
 
 
 def prepare_files(root: str | Path, search_dirs: Sequence[str | Path], download: bool) -> None:
@@ -75,12 +80,13 @@ def prepare_files(root: str | Path, search_dirs: Sequence[str | Path], download:
     if copy_local_files(root, search_dirs):
         return
     if not download:
-        raise FileNotFoundError(missing_data_message(root))
+        raise FileNotFoundError(missing_data_message(root, download=False))
     try:
         datasets.FashionMNIST(root, train=True, download=True)
         datasets.FashionMNIST(root, train=False, download=True)
     except Exception as error:  # no network, proxy, checksum: all end the same way for the user
-        raise FileNotFoundError(missing_data_message(root, f"{type(error).__name__}: {error}")) from error
+        reason = f"{type(error).__name__}: {error}"
+        raise FileNotFoundError(missing_data_message(root, download=True, reason=reason)) from error
 
 
 class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
@@ -88,6 +94,7 @@ class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
 
     mean = (0.2860,)
     std = (0.3530,)
+    input_size = 28
 
     def __init__(
         self,

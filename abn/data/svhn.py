@@ -26,6 +26,7 @@ class _PresentSVHN(datasets.SVHN):
 class SVHNDataModule(OnDeviceLoaders, ClassificationDataModule):
     mean = (0.4377, 0.4438, 0.4728)
     std = (0.1980, 0.2010, 0.1970)
+    input_size = 32
 
     def __init__(
         self,
@@ -64,7 +65,8 @@ class SVHNDataModule(OnDeviceLoaders, ClassificationDataModule):
             f"SVHN file {os.path.join(self.root, missing)} was not found"
             + (f" and could not be downloaded ({reason})" if reason else "")
             + f". Download {missing} (format 2, cropped digits) from http://ufldl.stanford.edu/housenumbers/ into "
-            f"{self.root}, or set data.download=true on a machine with internet access."
+            f"{self.root}" + (" (on a machine with internet access, then copy it here)." if reason else
+                              ", or set data.download=true on a machine with internet access.")
         )
 
     def prepare_data(self) -> None:

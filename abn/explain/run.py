@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from ..config import config_dir
-from ..visualize import draw_boxes, overlay, save_titled_grid, side_by_side
+from ..visualize import GridColumn, draw_boxes, render_columns, save_png
 from .api import LAYER_METHODS, applicable_methods, explain
 from .metrics import (AverageDropIncrease, DeletionAUC, EnergyPointingGame, InsertionAUC, LocalizationError,
                       PointingGame)
@@ -223,9 +224,8 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
             shown.append(maps_pred[: cfg.grid_images])
         if batch_index < cfg.grid_batches:
             grid = explanation_grid(datamodule, images[: cfg.grid_images], None if boxes is None else boxes[: cfg.grid_images],
-                                    shown, cfg.cmap, cfg.alpha)
-            titles = ["input", *(column.name for column in columns)]
-            save_titled_grid(grid, titles, output_dir / "grids" / f"{cfg.split}_batch_{batch_index:03d}.png")
+                                    shown, [column.name for column in columns], cfg.cmap, cfg.alpha)
+            save_png(grid, output_dir / "grids" / f"{cfg.split}_batch_{batch_index:03d}.png")
             if writer is not None:
                 writer.add_image(f"explain/{cfg.split}", grid, global_step=batch_index)
     if seen == 0:
@@ -239,8 +239,8 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     write_tables(cfg, output_dir, rows, accuracy, seen, writer, net)
     if writer is not None:
         writer.close()
-    print(f"\nExplained {seen} {cfg.split} images; accuracy {100 * accuracy['acc']:.2f} %.\n"
-          f"  table: {output_dir / 'metrics.md'}\n  grids: {output_dir / 'grids'}", flush=True)
+    logging.getLogger("abn").info(f"\nExplained {seen} {cfg.split} images; accuracy {100 * accuracy['acc']:.2f} %.\n"
+                                  f"  table: {output_dir / 'metrics.md'}\n  grids: {output_dir / 'grids'}")
     return {"accuracy": accuracy, "rows": rows, "output_dir": str(output_dir)}
 
 
@@ -271,18 +271,28 @@ def write_tables(cfg: DictConfig, output_dir: Path, rows: list[dict[str, Any]], 
                 writer.add_scalar(f"explain/{name}/{key}", row[key], 0)
 
 
-def explanation_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], maps: list[Tensor], cmap: str,
-                     alpha: float) -> Tensor:
-    """Input (with its box) | one overlay per map; every map is already in [0, 1]."""
+def explanation_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], maps: list[Tensor], titles: list[str],
+                     cmap: str, alpha: float) -> Tensor:
+    """The rendered figure (3×H×W in [0, 1]): input (with its box) | one titled overlay per map; every map is
+    already min-max scaled to [0, 1] by :func:`abn.explain.explain`."""
     shown = datamodule.denormalize(images.cpu()) if hasattr(datamodule, "denormalize") else images.cpu().clamp(0, 1)
-    columns = [draw_boxes(shown, None if boxes is None else boxes.cpu())]
-    columns += [overlay(shown, column.cpu(), cmap, alpha) for column in maps]
-    return side_by_side(columns)
+    columns = [GridColumn("input + box" if boxes is not None else "input",
+                          images=draw_boxes(shown, None if boxes is None else boxes.cpu()))]
+    columns += [GridColumn(title, images=shown, maps=column) for title, column in zip(titles, maps, strict=True)]
+    caption = ("Each map min-max scaled per image (0 = its minimum, 1 = its maximum), over the input in dimmed grey; "
+               "class-specific methods explain the predicted class.")
+    return render_columns(columns, cmap, alpha, caption, "min-max scaled per image")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="explain")
 def main(cfg: DictConfig) -> None:
-    run_explain(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    from ..cli import reported_errors, route_library_logs_to_run_log
+
+    route_library_logs_to_run_log()
+    with reported_errors(Path(HydraConfig.get().runtime.output_dir), fresh_folder=True):
+        run_explain(cfg)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def torchvision_model(name: str, pretrained: bool = False, **kwargs) -> nn.Modul
         return torchvision.models.get_model(name, weights=weights, **kwargs)
     except (URLError, OSError, RuntimeError) as error:
         file_name = os.path.basename(weights.url)
-        raise RuntimeError(
+        raise FileNotFoundError(  # the weights file is not in the cache and could not be fetched
             f"could not load the ImageNet weights {weights} of {name} ({error}). Download {weights.url} on a "
             f"machine with network access and copy it to {os.path.join(weights_cache_dir(), file_name)} "
             "(set TORCH_HOME to use another cache), or train from scratch with pretrained=false."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional, Sequence, Union
 
 from torch import nn
 
@@ -42,6 +42,48 @@ def model_info(arch: str) -> ModelInfo:
     if arch not in _MODELS:
         raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(list_models())}, or torchvision:<name>")
     return _MODELS[arch]
+
+
+# ``model.arch: null`` picks SMALL_ARCH (CIFAR size) for images whose longer side is at most SMALL_IMAGES pixels,
+# LARGE_ARCH (ImageNet size, ImageNet weights available) for larger ones. A CIFAR-size network is worth a warning on
+# images of LARGE_IMAGES px or more, an ImageNet one on SMALL_IMAGES or less.
+SMALL_IMAGES, LARGE_IMAGES = 64, 128
+SMALL_ARCH, LARGE_ARCH = "resnet20", "resnet18"
+InputSize = Union[int, Sequence[int]]  # a side in pixels, or (height, width)
+
+
+def longer_side(input_size: InputSize) -> int:
+    return int(input_size) if isinstance(input_size, int) else max(int(side) for side in input_size)
+
+
+def default_arch_for(input_size: InputSize) -> str:
+    """The data's usual network (``model.arch: null``): resnet20 for images of at most 64 px, resnet18 above."""
+    return SMALL_ARCH if longer_side(input_size) <= SMALL_IMAGES else LARGE_ARCH
+
+
+def arch_size_note(arch: str, input_size: InputSize) -> Optional[str]:
+    """A one-line warning when the registered ``arch`` was made for images of a very different size than the data's
+    (a 32-px CIFAR network on 224-px images, or an ImageNet one on 32-px images); None when it fits, for
+    ``torchvision:<name>`` (any size) and for names the registry does not know (building the model names those)."""
+    if arch not in _MODELS:
+        return None
+    native = _MODELS[arch].input_size
+    side = longer_side(input_size)
+    size = f"{side}" if isinstance(input_size, int) else "×".join(str(int(s)) for s in input_size)
+    if native <= SMALL_IMAGES and side >= LARGE_IMAGES:
+        return (
+            f"model.arch={arch} is a network for {native}-px (CIFAR-size) images and these are {size} px: its "
+            f"attention map is {side / native:.3g}× as wide as at {native} px and each image costs about "
+            f"{(side / native) ** 2:.0f}× as much; for {size}-px images use e.g. model.arch={LARGE_ARCH} or resnet50 "
+            "(pretrained=true available)"
+        )
+    if native > SMALL_IMAGES and side <= SMALL_IMAGES:
+        return (
+            f"model.arch={arch} is an ImageNet network for {native}-px images and these are {size} px: its feature and "
+            f"attention maps shrink {native / side:.3g}× per side from those at {native} px, to a few pixels; for "
+            f"{size}-px images use e.g. model.arch={SMALL_ARCH} or resnet56"
+        )
+    return None
 
 
 def create_model(

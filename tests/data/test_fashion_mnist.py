@@ -9,7 +9,7 @@ import torch
 from torchvision import datasets
 
 from abn.data import FashionMNISTDataModule
-from abn.data.fashion_mnist import IDX_FILES, raw_folder
+from abn.data.fashion_mnist import IDX_FILES, SYSTEM_COPIES, raw_folder
 
 from ..conftest import make_fashion_mnist
 
@@ -50,22 +50,27 @@ def test_uncompressed_files_in_root_are_used_as_they_are(tmp_path):
     assert images.shape == (4, 3, 28, 28)
 
 
-def test_missing_data_names_the_folder_and_the_package(tmp_path):
+def test_missing_data_without_download_names_the_folder_the_package_and_the_download(tmp_path):
     module = FashionMNISTDataModule(root=str(tmp_path), search_dirs=[str(tmp_path / "nowhere")], download=False)
     with pytest.raises(FileNotFoundError) as error:
         module.prepare_data()
     message = str(error.value)
     assert str(raw_folder(tmp_path)) in message and "apt-get install dataset-fashion-mnist" in message
+    assert "data.download=false" in message and "Set data.download=true" in message and "failed" not in message
 
 
-def test_failed_download_says_why_and_where_to_put_the_files(tmp_path, monkeypatch):
+def test_failed_download_says_why_and_gives_the_offline_routes(tmp_path, monkeypatch):
     def no_network(self):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(datasets.FashionMNIST, "download", no_network)
     module = FashionMNISTDataModule(root=str(tmp_path), search_dirs=[], download=True)
-    with pytest.raises(FileNotFoundError, match="could not be downloaded .*URLError.*name resolution"):
+    with pytest.raises(FileNotFoundError, match="downloading it failed .*URLError.*name resolution") as error:
         module.prepare_data()
+    message = str(error.value)
+    assert "apt-get install dataset-fashion-mnist" in message and SYSTEM_COPIES[0] in message
+    assert f"into {raw_folder(tmp_path)}" in message and all(name in message for name in IDX_FILES)
+    assert "data.download" not in message  # it is on already
     assert not any(tmp_path.rglob("*-ubyte"))
 
 

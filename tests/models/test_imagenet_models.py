@@ -121,5 +121,5 @@ def test_pretrained_weights_that_cannot_be_downloaded_say_where_to_put_them(tmp_
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
     expected = str(tmp_path / "hub" / "checkpoints" / os.path.basename(url))
-    with pytest.raises(RuntimeError, match="Download " + url.replace(".", r"\.") + ".*" + expected.replace(".", r"\.")):
+    with pytest.raises(FileNotFoundError, match="Download " + url.replace(".", r"\.") + ".*" + expected.replace(".", r"\.")):
         create_model("resnet18", pretrained=True)

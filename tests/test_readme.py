@@ -1,0 +1,202 @@
+"""Every ``abn-train`` / ``abn-explain`` command shown in the README and in the configs' comments runs.
+
+Each command is run as written, through the same entry point as the console script (Hydra parses the command
+line, composes, makes the run folder, ...), in this process to keep the suite fast. Only overrides that make it
+small are appended at the end: tiny data in each data set's real format (``paths.data_dir``, ``data.root``), two
+batches of one epoch, CPU instead of GPU, one seed of a seed sweep, and a lighter network of the same input size in
+place of the ones above 25 M parameters (their own networks run in tests/test_experiments.py). Placeholders are filled with a real run:
+``<date>`` and ``<run>`` with the quick start's run, ``...`` with its checkpoint. ImageNet weights cannot be
+downloaded here: ``model.pretrained=true`` gets torchvision's randomly initialised weights instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import torchvision
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import abn.explain.run as explain_cli
+import abn.train as train_cli
+from abn.config import config_dir
+
+from .conftest import make_fashion_mnist, run_cli
+from .data.test_imagenet import WNIDS, write_image_folders
+from .data.test_paper_sets import write_cifar, write_svhn
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = re.compile(r"(?:^|&&\s*|#\s+)((?:\.venv/bin/)?abn-(?:train|explain)(?: [^#`]*)?)")
+
+# one epoch of two batches of four images, no loader workers, two rows in the attention grid
+SMALL_RUN = ["data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+             "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "callbacks.attention_images.num_images=2"]
+SMALL_DATA = {
+    "shapes": ["data.train_size=32", "data.val_size=16", "data.test_size=16"],
+    "fashion_mnist": ["data.val_size=20"],
+    "cluttered_fashion_mnist": ["data.val_size=20", "data.train_size=40", "data.test_size=16"],
+    "imagenet": ["data.num_classes=null", "data.image_size=32", "data.resize_size=36"],
+    "folder": ["data.image_size=32", "data.resize_size=36"],
+}
+
+
+# networks above 25 M parameters (ABN head) → one of the same input size: the checkpoints alone would take seconds
+LIGHTER = {"wrn28_10": "resnet20", "resnext29_8x64d": "resnet20", "resnext29_16x64d": "resnet20",
+           "resnet34": "resnet18", "resnet50": "resnet18", "resnet101": "resnet18", "resnet152": "resnet18",
+           "vgg16": "resnet18", "vgg16_bn": "resnet18", "vgg19": "resnet18", "vgg19_bn": "resnet18"}
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(where, command) of every command line in the README's code blocks and in comments of conf/**/*.yaml."""
+    found = []
+    in_code = False
+    for number, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1):
+        if line.startswith("```"):
+            in_code = not in_code
+        elif in_code:
+            found += [(f"README.md:{number}", match) for match in COMMAND.findall(line.split("  #")[0])]
+    for path in sorted(config_dir().rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                found += [(f"conf/{path.relative_to(config_dir())}:{number}", match) for match in COMMAND.findall(line)]
+    return [(where, " ".join(command.split("  #")[0].split())) for where, command in found]
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_readme_and_the_configs_show_commands():
+    assert len(COMMANDS) > 40
+    assert ("README.md:17", ".venv/bin/abn-train") in COMMANDS
+    assert any(command.startswith("abn-train -m ") for _, command in COMMANDS)
+    assert any(command.startswith(".venv/bin/abn-explain ") for _, command in COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Tiny copies, in their real formats, of every data set the commands use."""
+    root = tmp_path_factory.mktemp("data")
+    make_fashion_mnist(root / "FashionMNIST" / "raw", compress=False)
+    write_cifar(root, hundred=False)
+    write_cifar(root, hundred=True)
+    write_svhn(root, "train", 8)
+    write_svhn(root, "test", 4)
+    # six classes: the ImageNet experiments log top-5 accuracy
+    write_image_folders(root / "imagenet", [*WNIDS, "n01491361", "n01494475", "n01496331"], per_class=1)
+    write_image_folders(root / "images", ["cat", "dog"], per_class=3)
+    return root
+
+
+def data_set_of(arguments: list[str]) -> str:
+    for argument in reversed(arguments):
+        if argument.startswith("data="):
+            return argument.split("=", 1)[1]
+        if argument.startswith("experiment="):
+            name = argument.split("=", 1)[1]
+            return "fashion_mnist" if name == "fashion_mnist" else name.split("_")[0]
+    return "shapes"
+
+
+def arch_of(arguments: list[str]) -> Optional[str]:
+    for argument in reversed(arguments):
+        if argument.startswith("model.arch="):
+            return argument.split("=", 1)[1]
+        if argument.startswith("experiment="):
+            experiment = OmegaConf.load(config_dir() / "experiment" / f"{argument.split('=', 1)[1]}.yaml")
+            return OmegaConf.select(experiment, "model.arch")
+    return None
+
+
+def small_overrides(arguments: list[str], data_dir: Path) -> list[str]:
+    """What makes a training command small; nothing for a resume (its run's settings are its own)."""
+    if any(argument.startswith("ckpt_path=") for argument in arguments):
+        return []
+    data = data_set_of(arguments)
+    extra = [*SMALL_RUN, f"paths.data_dir={data_dir}", *SMALL_DATA.get(data, [])]
+    if data in ("imagenet", "folder"):
+        extra.append(f"data.root={data_dir / ('imagenet' if data == 'imagenet' else 'images')}")
+    if any(argument.startswith("trainer=") and argument != "trainer=cpu" for argument in arguments):
+        extra += ["trainer.accelerator=cpu", "trainer.devices=1"]
+        if "trainer=ddp" in arguments:
+            extra.append("trainer.sync_batchnorm=false")  # SyncBatchNorm exists for GPUs only
+    arch = arch_of(arguments)
+    if arch in LIGHTER:
+        extra.append(f"model.arch={LIGHTER[arch]}")
+    seeds = [argument for argument in arguments if argument.startswith("seed=") and "," in argument]
+    if seeds:
+        extra.append("seed=" + seeds[-1].split("=", 1)[1].split(",")[0])
+    return extra
+
+
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch):
+    """torchvision's random initialisation in place of its ImageNet weights (no network here)."""
+    build = torchvision.models.get_model
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, weights=None, **kwargs: build(name, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def quick_start_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkout")
+
+
+def quick_start_run(folder: Path) -> Optional[Path]:
+    runs = sorted((folder / "logs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+    return runs[0].parents[1] if runs else None
+
+
+def prepare(command: str, data_dir: Path, quick_start_dir: Path, tmp_path: Path) -> tuple[str, list[str], Path]:
+    """(entry name, arguments, folder to run in) for a documented command."""
+    program, *arguments = command.split()
+    name = program.rsplit("/", 1)[-1]
+    cwd = tmp_path
+    if any(mark in command for mark in ("<date>", "<run>", "...")):
+        run = quick_start_run(quick_start_dir)
+        assert run is not None, "the quick start's run is missing: run the tests of this file in order"
+        cwd = quick_start_dir
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        if "data=cluttered_fashion_mnist" in command:  # explains a model trained on that data
+            checkpoint = train_on_cluttered(data_dir, tmp_path)
+        arguments = [a.replace("<date>", run.name).replace("<run>", str(run)).replace("...", str(checkpoint))
+                     for a in arguments]
+    if name == "abn-explain":
+        arguments += ["batch_size=4", "num_batches=1", "metrics.deletion_steps=2", "grid_batches=1"]
+        if "data=cluttered_fashion_mnist" in command:
+            arguments += [f"paths.data_dir={data_dir}", *SMALL_DATA["cluttered_fashion_mnist"], "data.num_workers=0"]
+    else:
+        arguments += small_overrides(arguments, data_dir)
+    return name, arguments, cwd
+
+
+def train_on_cluttered(data_dir: Path, folder: Path) -> Path:
+    from abn.train import train
+
+    from .conftest import compose_train_config
+
+    overrides = ["data=cluttered_fashion_mnist", "logger=none", *SMALL_RUN, f"paths.data_dir={data_dir}",
+                 *SMALL_DATA["cluttered_fashion_mnist"]]
+    cfg = compose_train_config(folder / "cluttered", overrides)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return folder / "cluttered" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("where, command", COMMANDS, ids=[f"{where} {command}" for where, command in COMMANDS])
+def test_documented_command_runs(where, command, data_dir, quick_start_dir, tmp_path, monkeypatch, capsys):
+    if where != "README.md:17" and quick_start_run(quick_start_dir) is None:  # the quick start first, whatever is selected
+        name, arguments, _ = prepare(".venv/bin/abn-train", data_dir, quick_start_dir, tmp_path)
+        run_cli(train_cli.main, arguments, quick_start_dir, monkeypatch, capsys)
+    name, arguments, cwd = prepare(command, data_dir, quick_start_dir, tmp_path)
+    if where == "README.md:17":
+        cwd = quick_start_dir
+    entry = train_cli.main if name == "abn-train" else explain_cli.main
+    _, printed, _ = run_cli(entry, arguments, cwd, monkeypatch, capsys)
+    if name == "abn-train":
+        assert "Training finished." in printed
+        folder = "multiruns" if "-m" in arguments else "runs"
+        assert list((cwd / "logs").glob(f"*/{folder}/*")), f"no run folder under {cwd / 'logs'}"
+    else:
+        assert "Explained" in printed
