@@ -63,3 +63,19 @@ def test_ddp_on_cpu_says_to_switch_off_sync_batchnorm(tmp_path, monkeypatch, cap
     code, _, error = run_cli(train_cli.main, ["trainer=ddp", "trainer.accelerator=cpu"], tmp_path, monkeypatch, capsys,
                              expect_success=False)
     assert code == 1 and "trainer.sync_batchnorm=false" in error and "Traceback" not in error
+
+
+def test_an_unreachable_download_prints_the_message_only(tmp_path, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    def offline(self):
+        raise URLError("no network")
+
+    monkeypatch.setattr(datasets.FashionMNIST, "download", offline)
+    code, _, error = run_cli(train_cli.main, ["data=fashion_mnist", "+data.search_dirs=[]"], tmp_path, monkeypatch,
+                             capsys, expect_success=False)
+    assert code == 1 and "downloading it failed" in error and "no network" in error
+    assert "apt-get install dataset-fashion-mnist" in error and "Traceback" not in error
+    assert not list((tmp_path / "logs" / "train" / "runs").iterdir())
