@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from .visualize import GridColumn, draw_boxes, render_columns, scale_by_max
+from .visualize import attention_grid, explanation_grid
 
 
 class AttentionImageLogger(L.Callback):
@@ -54,38 +54,16 @@ class AttentionImageLogger(L.Callback):
         return self._batch
 
     def grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
+        """Input (with box) | ABN map | on input | CAM of the predicted class | on input, as far as they apply."""
+        from .explain import applicable_methods, explain
+
         images, boxes = self._fixed_images(trainer)
         net = pl_module.net
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                x = images.to(pl_module.device)
-                out = net(x)
-                cam = None
-                if self.show_cam and hasattr(net, "class_activation_map") and hasattr(net.head, "class_activation_map"):
-                    cam = net.class_activation_map(x, out.logits.argmax(1))
-        finally:
-            net.train(was_training)
-        datamodule = trainer.datamodule
-        shown = datamodule.denormalize(images) if hasattr(datamodule, "denormalize") else images.clamp(0, 1)
-        columns = [GridColumn("input + box" if boxes is not None else "input", images=draw_boxes(shown, boxes))]
-        label, caption = [], []  # what the colour bar's 0..1 means, per kind of map
-        if out.attention is not None:
-            columns += [GridColumn("ABN map", maps=out.attention),
-                        GridColumn("ABN map on input", images=shown, maps=out.attention)]
-            label.append("ABN: sigmoid output as is")
-            caption.append("ABN map: the attention branch's sigmoid output, 0 to 1, not stretched "
-                           "(a flat map looks flat).")
-        if cam is not None:
-            cam = scale_by_max(cam)
-            columns += [GridColumn("CAM (predicted class)", maps=cam),
-                        GridColumn("CAM on input", images=shown, maps=cam)]
-            label.append("CAM: fraction of the image's maximum")
-            caption.append("CAM: ReLU, divided by each image's maximum (1 = its peak).")
-        if caption:
-            caption.append("Overlays: the map over the input in dimmed grey.")
-        return render_columns(columns, self.cmap, self.alpha, " ".join(caption), " · ".join(label))
+        usable = applicable_methods(net)
+        x = images.to(pl_module.device)
+        attention = explain(net, x, "abn", raw=True) if "abn" in usable else None  # leaves net as it was
+        cam = explain(net, x, "cam", raw=True) if self.show_cam and "cam" in usable else None
+        return attention_grid(trainer.datamodule, images, boxes, attention, cam, self.cmap, self.alpha)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -106,7 +84,6 @@ class AttentionImageLogger(L.Callback):
     def explanation_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
         """Input (with box) | one titled column per applicable method of ``methods``."""
         from .explain import applicable_methods, explain
-        from .explain.run import explanation_grid
 
         images, boxes = self._fixed_images(trainer)
         net = pl_module.net

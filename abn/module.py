@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from .models import ABNOutput, create_model
@@ -89,17 +90,27 @@ class ABNModule(L.LightningModule):
         self.derived_run_length: Optional[tuple[str, int]] = None  # (scheduler argument, value) filled from the run
         self.scheduler_factory = scheduler
         self.has_branch = head == "abn"
-        branches = ("acc", "acc_att") if self.has_branch else ("acc",)
-        if task == "multilabel":
-            accuracy = functools.partial(MultilabelAccuracy, num_classes, average="macro")
-        else:
-            accuracy = functools.partial(MulticlassAccuracy, num_classes, average="micro")
-        metrics = {f"{stage}_{name}": accuracy() for stage in STAGES for name in branches}
-        if top5:
-            if num_classes <= 5:
-                raise ValueError(f"top5=true needs more than 5 classes, got num_classes={num_classes}")
-            metrics.update({f"{stage}_acc5": MulticlassAccuracy(num_classes, top_k=5, average="micro") for stage in STAGES})
+        if top5 and num_classes <= 5:
+            raise ValueError(f"top5=true needs more than 5 classes, got num_classes={num_classes}")
+        metrics = {}
+        for stage in STAGES:
+            metrics[f"{stage}_perception"] = self._branch_metrics(stage, top5=top5)
+            if self.has_branch:
+                metrics[f"{stage}_attention"] = self._branch_metrics(stage, postfix="_att")
         self.metrics = nn.ModuleDict(metrics)
+
+    def _branch_metrics(self, stage: str, top5: bool = False, postfix: Optional[str] = None) -> MetricCollection:
+        """The accuracies of one branch's logits in one stage, named as logged: ``{stage}/acc{postfix}``, and
+        ``{stage}/acc5`` with ``top5``. Multilabel accuracy is the mean of the per-attribute accuracies. No compute
+        groups: each metric keeps its own state, as Lightning computes and resets each logged one by itself."""
+        num_classes = self.hparams.num_classes
+        if self.hparams.task == "multilabel":
+            metrics: dict[str, Metric] = {"acc": MultilabelAccuracy(num_classes, average="macro")}
+        else:
+            metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+        if top5:
+            metrics["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=f"{stage}/", postfix=postfix, compute_groups=False)
 
     def forward(self, x: Tensor) -> ABNOutput:
         return self.net(x)
@@ -117,19 +128,24 @@ class ABNModule(L.LightningModule):
         on_step = stage == "train"
         log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels))
         log(f"{stage}/loss_per", loss_per)
-        self.metrics[f"{stage}_acc"](out.logits, labels)
-        log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=True)
-        if self.hparams.top5:
-            self.metrics[f"{stage}_acc5"](out.logits, labels)
-            log(f"{stage}/acc5", self.metrics[f"{stage}_acc5"])
+        self._update_and_log(self.metrics[f"{stage}_perception"], out.logits, labels, log, shown=[f"{stage}/acc"])
         if out.att_logits is not None:
             loss_att = self.criterion(out.att_logits, labels)
             loss = loss + self.hparams.attention_loss_weight * loss_att
             log(f"{stage}/loss_att", loss_att)
-            self.metrics[f"{stage}_acc_att"](out.att_logits, labels)
-            log(f"{stage}/acc_att", self.metrics[f"{stage}_acc_att"], prog_bar=stage != "train")
+            shown = [f"{stage}/acc_att"] if stage != "train" else []
+            self._update_and_log(self.metrics[f"{stage}_attention"], out.att_logits, labels, log, shown=shown)
         log(f"{stage}/loss", loss, prog_bar=stage == "train")
         return loss
+
+    @staticmethod
+    def _update_and_log(metrics: MetricCollection, logits: Tensor, labels: Tensor, log: Callable,
+                        shown: list[str]) -> None:
+        """Update every metric of the collection with this batch and log each under its prefixed name, those in
+        ``shown`` on the progress bar too (Lightning computes and resets them at the end of the epoch)."""
+        metrics(logits, labels)
+        for name, metric in metrics.items():
+            log(name, metric, prog_bar=name in shown)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "train")

@@ -16,17 +16,18 @@ from typing import Any, Optional
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.logger import _flatten_dict
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from .checkpoints import check_resume_checkpoint
 from .cli import reported_errors, route_library_logs_to_run_log
 from .config import config_dir
-from .models.registry import arch_size_note, default_arch_for, longer_side
+from .data.facts import DataFacts, adopt_data_facts
 from .resume import check_resumed_settings, is_resumed_in_place, record_resumed_settings, resume_arguments
 
 log = logging.getLogger("abn")
@@ -42,77 +43,18 @@ def instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
-def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
-    """Flat ``section.key → value`` of the settings worth comparing across runs in TensorBoard's HPARAMS tab."""
-    flat: dict[str, Any] = {"seed": cfg.get("seed")}
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            if key in SKIPPED_HPARAMS:
-                continue
-            name = f"{prefix}.{key}"
-            if isinstance(value, dict):
-                walk(value, name)
-            elif isinstance(value, (int, float, str, bool)) or value is None:
-                flat[name] = value
-            else:
-                flat[name] = str(value)
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for section in HPARAM_SECTIONS:
-        if isinstance(resolved.get(section), dict):
-            walk(resolved[section], section)
-    return flat
+def hyperparameters(cfg: DictConfig, facts: DataFacts) -> dict[str, Any]:
+    """``seed`` and the ``model``, ``data`` and ``trainer`` settings as the run used them (with the data's class count,
+    task and arch) for TensorBoard's HPARAMS tab, flat as ``section.key``: Lightning's flattening, with ``.`` instead
+    of its ``/``; the logger writes values that are not numbers, strings or booleans as text."""
+    sections = {name: OmegaConf.to_container(cfg[name], resolve=True)
+                for name in HPARAM_SECTIONS if isinstance(cfg.get(name), DictConfig)}
+    flat = _flatten_dict({"seed": cfg.get("seed"), **facts.settle(sections)}, delimiter=".")
+    return {key: value for key, value in flat.items() if key.rsplit(".", 1)[-1] not in SKIPPED_HPARAMS}
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
-
-
-MODEL_IDENTITY = ("arch", "head", "num_classes", "in_chans", "split", "branch_depth", "model_kwargs")
-
-
-def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
-    """Fail early, and say why, when ``ckpt_path`` is missing, unreadable or of another model."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist; give the path of a .ckpt file, e.g. "
-                                "logs/train/runs/<date>/checkpoints/last.ckpt, or ckpt_path=null to start afresh")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    except Exception as error:
-        raise ValueError(f"ckpt_path={path} is not a readable Lightning checkpoint ({error})") from error
-    # options a checkpoint written before they existed does not hold; no model_kwargs is the same as {}
-    defaults = {"branch_depth": "full", "model_kwargs": {}}
-
-    def identity(hparams: dict, key: str):
-        value = hparams.get(key)
-        return defaults.get(key) if value is None else value
-
-    different = {key: (identity(saved, key), identity(model.hparams, key)) for key in MODEL_IDENTITY
-                 if identity(saved, key) != identity(model.hparams, key)}
-    if different:
-        details = ", ".join(f"{key}: checkpoint {old!r} vs config {new!r}" for key, (old, new) in different.items())
-        raise ValueError(f"ckpt_path={path} holds another model ({details}); "
-                         "set the model options to the checkpoint's values or start without ckpt_path")
-
-
-def adopt_data_facts(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
-    """Let the data decide what it alone knows: the class count (``data.num_classes=null``: found in the files), the
-    task (multiclass or multilabel), and the network when ``model.arch`` is null (resnet20 for small images, resnet18
-    for ImageNet-size ones); the model config reads the first two through ``${data.…}``."""
-    if cfg.data.get("num_classes") is None and hasattr(datamodule, "discover_classes"):
-        datamodule.discover_classes()
-    with open_dict(cfg):
-        cfg.data.num_classes = getattr(datamodule, "num_classes", cfg.data.get("num_classes"))
-        cfg.data.task = getattr(datamodule, "task", "multiclass")
-        if "model" in cfg and cfg.model.get("arch") is None:
-            cfg.model.arch = default_arch_for(datamodule.input_size)
-            log.info("model.arch=%s: the usual network for this data's %s-px images (set model.arch to choose another)",
-                     cfg.model.arch, longer_side(datamodule.input_size))
-        elif "model" in cfg:
-            note = arch_size_note(cfg.model.arch, datamodule.input_size)
-            if note:
-                log.warning(note)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -123,8 +65,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ValueError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU version); add "
                          "trainer.sync_batchnorm=false to run DDP on CPU")
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    adopt_data_facts(cfg, datamodule)
-    model: L.LightningModule = instantiate(cfg.model)
+    facts = adopt_data_facts(cfg, datamodule)
+    model: L.LightningModule = instantiate(cfg.model, **facts.model_arguments())
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     if not loggers:  # logger=none: nothing to record learning rates to
@@ -143,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     hp_metrics = {f"hp/{name.replace('/', '_')}": value for name, value in metrics.items()
                   if name.split("/")[-1] in ("acc", "acc5", "acc_att", "loss") and not math.isnan(value)}
     for logger in loggers:
-        logger.log_hyperparams(hparams_for_tensorboard(cfg), metrics=hp_metrics)
+        logger.log_hyperparams(hyperparameters(cfg, facts), metrics=hp_metrics)
         logger.finalize("success")
     print_summary(trainer, loggers, metrics)
     return metrics

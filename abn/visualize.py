@@ -1,7 +1,8 @@
 """Maps and images → one titled figure (column titles, colour bar, caption) as a C×H×W tensor or a PNG.
 
-Every grid of the project (TensorBoard's ``val/attention``, ``val/explanations``, ``explain/<split>`` and the PNGs of
-``abn-explain``) is drawn by :func:`render_columns`. The tiles are composed in torch and placed pixel for pixel
+Every grid of the project is drawn here: :func:`attention_grid` (TensorBoard's ``val/attention``) and
+:func:`explanation_grid` (``val/explanations``, ``explain/<split>`` and the PNGs of ``abn-explain``), both through
+:func:`render_columns`. The tiles are composed in torch and placed pixel for pixel
 (``figimage``); matplotlib only adds the text and the colour bar. It draws on a bare ``Figure`` with an Agg canvas,
 never pyplot: no screen needed, no global figure left open, each figure freed as soon as its pixels are copied.
 """
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import matplotlib
 import numpy as np
@@ -250,3 +251,49 @@ def save_columns(columns: Sequence[GridColumn], path: Union[str, Path], **option
     rendered = render_columns(columns, **options)
     save_png(rendered, path)
     return rendered
+
+
+def shown_inputs(datamodule: Any, images: Tensor) -> Tensor:
+    """Network inputs as people see them, in [0, 1] on the CPU: de-normalised by the data module where it can."""
+    images = images.detach().cpu()
+    return datamodule.denormalize(images) if hasattr(datamodule, "denormalize") else images.clamp(0, 1)
+
+
+def input_column(shown: Tensor, boxes: Optional[Tensor]) -> GridColumn:
+    """The first column of every grid: the inputs, with their ground-truth box where the data set has one."""
+    return GridColumn("input + box" if boxes is not None else "input",
+                      images=draw_boxes(shown, None if boxes is None else boxes.cpu()))
+
+
+def explanation_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], maps: Sequence[Tensor],
+                     titles: Sequence[str], cmap: str, alpha: float) -> Tensor:
+    """Input (with its box) | one titled overlay per map; every map already min-max scaled to [0, 1] (as
+    :func:`abn.explain.explain` returns them). Returns the rendered figure, 3×H×W in [0, 1]."""
+    shown = shown_inputs(datamodule, images)
+    columns = [input_column(shown, boxes)]
+    columns += [GridColumn(title, images=shown, maps=column) for title, column in zip(titles, maps, strict=True)]
+    caption = ("Each map min-max scaled per image (0 = its minimum, 1 = its maximum), over the input in dimmed grey; "
+               "class-specific methods explain the predicted class.")
+    return render_columns(columns, cmap, alpha, caption, "min-max scaled per image")
+
+
+def attention_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], attention: Optional[Tensor],
+                   cam: Optional[Tensor], cmap: str, alpha: float) -> Tensor:
+    """Input (with its box) | the ABN attention map alone and over the input, as the sigmoid gives it (not
+    stretched: a flat map looks flat) | the raw class activation map alone and over the input (ReLU, divided by its
+    maximum: CAM has no fixed range). Either map may be None (a network without it). Returns 3×H×W in [0, 1]."""
+    shown = shown_inputs(datamodule, images)
+    columns = [input_column(shown, boxes)]
+    label, caption = [], []  # what the colour bar's 0..1 means, per kind of map
+    if attention is not None:
+        columns += [GridColumn("ABN map", maps=attention), GridColumn("ABN map on input", images=shown, maps=attention)]
+        label.append("ABN: sigmoid output as is")
+        caption.append("ABN map: the attention branch's sigmoid output, 0 to 1, not stretched (a flat map looks flat).")
+    if cam is not None:
+        cam = scale_by_max(cam)
+        columns += [GridColumn("CAM (predicted class)", maps=cam), GridColumn("CAM on input", images=shown, maps=cam)]
+        label.append("CAM: fraction of the image's maximum")
+        caption.append("CAM: ReLU, divided by each image's maximum (1 = its peak).")
+    if caption:
+        caption.append("Overlays: the map over the input in dimmed grey.")
+    return render_columns(columns, cmap, alpha, " ".join(caption), " · ".join(label))

@@ -19,86 +19,26 @@ pixels) written into a temporary directory, and the output says so; Fashion-MNIS
 from __future__ import annotations
 
 import argparse
-import pickle
-import struct
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from PIL import Image
-
 from abn.data import (CelebADataModule, CIFAR10DataModule, CIFAR100DataModule, CompCarsDataModule,
                       FashionMNISTDataModule, ImageNetDataModule, ShapesDataModule, SVHNDataModule)
-from abn.data.celeba import write_standin_celeba
-from abn.data.compcars import write_standin_compcars
 from abn.data.cifar import _files_present
 from abn.data.fashion_mnist import SYSTEM_COPIES, copy_local_files, raw_folder
+from abn.data.standins import (write_standin_celeba, write_standin_cifar, write_standin_compcars,
+                               write_standin_fashion_mnist, write_standin_imagenet, write_standin_svhn)
 from abn.models import create_model
 
 DATA_SETS = ("shapes", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet", "compcars", "celeba")
 ON_DEVICE = ("fashion_mnist", "cifar10", "cifar100", "svhn")
 COLUMNS = ("data", "loader", "workers", "pin memory", "batch", "loader img/s", "model img/s", "loader / model",
            "verdict")
-
-
-def write_cifar_stand_in(root: Path, hundred: bool) -> None:
-    """cifar-10-batches-py (5 × 10k + 10k) or cifar-100-python (50k + 10k) of random images, pickled as the
-    originals."""
-    rng = np.random.default_rng(0)
-    classes, key = (100, "fine_labels") if hundred else (10, "labels")
-    if hundred:
-        folder, files = root / "cifar-100-python", {"train": 50000, "test": 10000}
-        meta_name, meta = "meta", {"fine_label_names": [f"class{i}" for i in range(100)]}
-    else:
-        folder = root / "cifar-10-batches-py"
-        files = {**{f"data_batch_{i}": 10000 for i in range(1, 6)}, "test_batch": 10000}
-        meta_name, meta = "batches.meta", {"label_names": [f"class{i}" for i in range(10)]}
-    folder.mkdir(parents=True)
-    for name, count in files.items():
-        images = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
-        batch = {"data": images, key: rng.integers(0, classes, count).tolist()}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / meta_name).write_bytes(pickle.dumps(meta))
-
-
-def write_svhn_stand_in(root: Path) -> None:
-    """svhn/train_32x32.mat (73,257 images) and test_32x32.mat (26,032): X is H×W×3×N, y holds 1–10."""
-    import scipy.io
-
-    rng = np.random.default_rng(0)
-    (root / "svhn").mkdir(parents=True)
-    for split, count in (("train", 73257), ("test", 26032)):
-        images = rng.integers(0, 256, (32, 32, 3, count), dtype=np.uint8)
-        scipy.io.savemat(root / "svhn" / f"{split}_32x32.mat", {"X": images, "y": rng.integers(1, 11, (count, 1))})
-
-
-def write_fashion_mnist_stand_in(root: Path) -> None:
-    """The four IDX files (60k + 10k random 28×28 images), uncompressed, where torchvision reads them."""
-    rng = np.random.default_rng(0)
-    folder = raw_folder(root)
-    folder.mkdir(parents=True)
-    for prefix, count in (("train", 60000), ("t10k", 10000)):
-        arrays = {"images-idx3": rng.integers(0, 256, (count, 28, 28)), "labels-idx1": rng.integers(0, 10, count)}
-        for kind, array in arrays.items():
-            header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-            (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def write_imagenet_stand_in(root: Path, classes: int = 10, per_class: int = 40) -> None:
-    """Class folders of 500×375 JPEGs (a typical ImageNet size), smooth noise so they compress like photos."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for k in range(classes):
-            folder = root / "imagenet" / split / f"n{k:08d}"
-            folder.mkdir(parents=True)
-            for i in range(per_class if split == "train" else 2):
-                small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-                Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(folder / f"{i}.JPEG", quality=90)
 
 
 def data_root(name: str, root: Path, scratch: Path) -> tuple[Path, Optional[str]]:
@@ -111,7 +51,7 @@ def data_root(name: str, root: Path, scratch: Path) -> tuple[Path, Optional[str]
         if markers[name].exists():
             return root, None
         if name == "imagenet":
-            write_imagenet_stand_in(scratch)
+            write_standin_imagenet(scratch)
         elif name == "compcars":
             write_standin_compcars(scratch / "compcars", cars=[(1 + k // 3, 1 + k) for k in range(10)],
                                    train_per_model=40, test_per_model=2, image_size=(360, 480))
@@ -122,18 +62,18 @@ def data_root(name: str, root: Path, scratch: Path) -> tuple[Path, Optional[str]
     if name == "fashion_mnist":
         if copy_local_files(root, SYSTEM_COPIES):  # what the data module does: unpack the Debian copy into root
             return root, None
-        write_fashion_mnist_stand_in(scratch)
+        write_standin_fashion_mnist(scratch)
         where = raw_folder(root)
     elif name in ("cifar10", "cifar100"):
         module_class = CIFAR100DataModule if name == "cifar100" else CIFAR10DataModule
         if _files_present(module_class.dataset_class, str(root)):
             return root, None
-        write_cifar_stand_in(scratch, hundred=name == "cifar100")
+        write_standin_cifar(scratch, hundred=name == "cifar100")
         where = root / module_class.dataset_class.base_folder
     else:
         if (root / "svhn" / "train_32x32.mat").is_file() and (root / "svhn" / "test_32x32.mat").is_file():
             return root, None
-        write_svhn_stand_in(scratch)
+        write_standin_svhn(scratch)
         where = root / "svhn"
     return scratch, (f"{name}: no files in {where}; timing a stand-in of the real size and format (random pixels) "
                      f"in {scratch}")

@@ -1,7 +1,7 @@
-"""The README's explanation comparison, in one command: train, explain, score, tabulate.
+"""The explanation comparison of docs/results.md, in one command: train, explain, score, tabulate.
 
     python scripts/compare_explanations.py                 # both data sets, then prints the two tables
-    python scripts/compare_explanations.py --update-readme  # also writes them (and the grid pictures) into README.md
+    python scripts/compare_explanations.py --update-docs   # also writes them into docs/results.md, the grids into docs/
 
 For each data set with ground-truth boxes (the embedded shapes and cluttered Fashion-MNIST) it trains the
 ``baseline``, ``cam`` and ``abn`` heads with one Hydra multirun (``abn-train -m model.head=baseline,cam,abn``),
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 ROOT_DOCS = ROOT / "docs"
+PAGE = ROOT_DOCS / "results.md"  # the page that holds the tables (the README links to it)
 TABLE_START, TABLE_END = "<!-- explain-table:start -->", "<!-- explain-table:end -->"
 HEADS = ("baseline", "cam", "abn")
 # shallow, middle and deep feature maps of the CIFAR-style ResNets
@@ -88,7 +88,7 @@ def reproducing_flags(argv: list[str] | None) -> str:
             skip = False
         elif item in ("--out",):
             skip = True
-        elif item not in ("--update-readme", "--reuse"):
+        elif item not in ("--update-docs", "--update-readme", "--reuse"):
             flags.append(item)
     return "".join(f" {flag}" for flag in flags)
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--data", nargs="+", default=["shapes", "cluttered_fashion_mnist"])
     parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra abn-train override for every data set (repeatable), e.g. data.train_size=64")
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-docs", "--update-readme", dest="update_docs", action="store_true",
+                        help="write the tables into docs/results.md (--update-readme is the old name)")
     args = parser.parse_args(argv)
 
     main_rows, depth_rows, grids, counts = [], [], {}, {}
@@ -149,17 +150,17 @@ def main(argv: list[str] | None = None) -> str:
     table = "\n".join(lines)
     (args.out / "comparison.md").write_text(table + "\n")
     print("\n" + table)
-    if args.update_readme:
+    if args.update_docs:
         docs = ROOT_DOCS
         docs.mkdir(exist_ok=True)
         for name, grid in grids.items():
             shutil.copyfile(grid, docs / f"explanations_{name}.png")
-        text = README.read_text()
+        text = PAGE.read_text()
         if TABLE_START not in text or TABLE_END not in text:
-            raise SystemExit(f"README.md has no {TABLE_START} … {TABLE_END} markers")
+            raise SystemExit(f"{PAGE.name} has no {TABLE_START} … {TABLE_END} markers")
         before, rest = text.split(TABLE_START, 1)
         after = rest.split(TABLE_END, 1)[1]
-        README.write_text(before + TABLE_START + "\n" + table + "\n" + TABLE_END + after)
+        PAGE.write_text(before + TABLE_START + "\n" + table + "\n" + TABLE_END + after)
     return table
 
 

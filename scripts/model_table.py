@@ -1,7 +1,7 @@
 """Parameters and MACs per image of every registered arch × head at its native input size.
 
     python scripts/model_table.py                    # print the Markdown table
-    python scripts/model_table.py --update-readme    # also write it into README.md between the markers
+    python scripts/model_table.py --update-docs      # also write it into docs/models.md between the markers
 
 MACs are counted with torch's FlopCounterMode (convolutions and matrix products, one MAC = two FLOPs; BatchNorm,
 activations and pooling are not counted, as usual). Classes: 10 for 32-pixel archs, 1000 for 224-pixel ones.
@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from abn.models import create_model, list_models, model_info
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+# the page that holds the table (the README links to it)
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 
 
@@ -69,25 +70,26 @@ def table(archs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(markdown: str) -> None:
-    text = README.read_text()
+def update_page(markdown: str) -> None:
+    text = PAGE.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {START} and {END}")
+        raise SystemExit(f"{PAGE.name} lacks the markers {START} and {END}")
     block = f"{START}\n{markdown}\n{END}"
-    README.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    PAGE.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="*", default=None, help="archs to measure (default: every registered one)")
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--update-docs", "--update-readme", dest="update_docs", action="store_true",
+                        help="write the table into docs/models.md (--update-readme is the old name)")
     args = parser.parse_args()
     archs = args.arch or sorted(list_models(), key=table_order)
     torch.manual_seed(0)
     markdown = table(archs)
     print("\n" + markdown)
-    if args.update_readme:
-        update_readme(markdown)
+    if args.update_docs:
+        update_page(markdown)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +12,14 @@ from typing import Callable
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from abn.config import config_dir
+from abn.data.standins import write_idx
 
 # A run small enough for a test: a few dozen shapes, one epoch, no worker processes.
 TINY_SHAPES = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16"]
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
-    """Write an IDX file (the MNIST format: magic, dimensions, then unsigned bytes)."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(str(path) + ".gz", "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
 
 
 def make_fashion_mnist(directory: Path, train: int = 120, test: int = 40, compress: bool = True) -> Path:
@@ -65,6 +54,20 @@ def compose_train_config(output_dir: Path, overrides: list[str], config_name: st
         cfg.paths.root_dir = str(output_dir)  # as if started from there: ./data and ./logs inside the test's folder
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def record_instantiated(monkeypatch) -> list:
+    """The list, filled as ``abn.train`` runs, of everything it builds from the config (data module, model, ...)."""
+    import abn.train
+
+    built = []
+
+    def recording_instantiate(*args, **kwargs):
+        built.append(instantiate(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(abn.train, "instantiate", recording_instantiate)
+    return built
 
 
 def run_cli(entry: Callable[[], None], arguments: list[str], cwd: Path, monkeypatch, capsys,

@@ -51,7 +51,7 @@ def test_single_branch_heads_train_on_their_one_loss(head):
 
 def test_accuracy_is_plain_top1_not_macro():
     module = ABNModule(head="baseline", num_classes=3)
-    metric = module.metrics["val_acc"]
+    metric = module.metrics["val_perception"]["acc"]
     # 3 of 4 right, but class 2 (one sample) wrong: micro 0.75, macro would be 0.667
     metric.update(torch.tensor([[9.0, 0, 0], [9.0, 0, 0], [0, 9.0, 0], [9.0, 0, 0]]), torch.tensor([0, 0, 1, 2]))
     assert metric.compute().item() == pytest.approx(0.75)
@@ -151,7 +151,7 @@ def test_multilabel_task_uses_one_binary_loss_per_attribute_and_mean_attribute_a
     expected = (F.binary_cross_entropy_with_logits(out.att_logits, targets)
                 + F.binary_cross_entropy_with_logits(out.logits, targets))
     torch.testing.assert_close(loss, expected)
-    metric = ABNModule(head="baseline", num_classes=2, task="multilabel").metrics["val_acc"]
+    metric = ABNModule(head="baseline", num_classes=2, task="multilabel").metrics["val_perception"]["acc"]
     # attribute 0 right 2 of 2, attribute 1 right 1 of 2: the mean of the two accuracies is 0.75
     metric.update(torch.tensor([[5.0, 5.0], [-5.0, 5.0]]), torch.tensor([[1, 1], [0, 0]]))
     assert metric.compute().item() == pytest.approx(0.75)

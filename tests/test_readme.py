@@ -1,4 +1,5 @@
-"""Every ``abn-train`` / ``abn-explain`` command shown in the README and in the configs' comments runs.
+"""Every ``abn-train`` / ``abn-explain`` command shown in the README, the pages of docs/ and the configs' comments
+runs, and every relative link of those pages leads to a file (and heading) that exists.
 
 Each command is run as written, through the same entry point as the console script (Hydra parses the command
 line, composes, makes the run folder, ...), in this process to keep the suite fast. Only overrides that make it
@@ -12,6 +13,7 @@ downloaded here: ``model.pretrained=true`` gets torchvision's randomly initialis
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,6 +31,7 @@ from .data.test_imagenet import WNIDS, write_image_folders
 from .data.test_paper_sets import write_cifar, write_svhn
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(r"(?:^|&&\s*|#\s+)((?:\.venv/bin/)?abn-(?:train|explain)(?: [^#`]*)?)")
 
 # one epoch of two batches of four images, no loader workers, two rows in the attention grid
@@ -50,14 +53,17 @@ LIGHTER = {"wrn28_10": "resnet20", "resnext29_8x64d": "resnet20", "resnext29_16x
 
 
 def documented_commands() -> list[tuple[str, str]]:
-    """(where, command) of every command line in the README's code blocks and in comments of conf/**/*.yaml."""
+    """(where, command) of every command line in the code blocks of the README and docs/*.md, and in comments of
+    conf/**/*.yaml."""
     found = []
-    in_code = False
-    for number, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1):
-        if line.startswith("```"):
-            in_code = not in_code
-        elif in_code:
-            found += [(f"README.md:{number}", match) for match in COMMAND.findall(line.split("  #")[0])]
+    for page in PAGES:
+        in_code = False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                in_code = not in_code
+            elif in_code:
+                where = f"{page.relative_to(ROOT).as_posix()}:{number}"
+                found += [(where, match) for match in COMMAND.findall(line.split("  #")[0])]
     for path in sorted(config_dir().rglob("*.yaml")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if line.lstrip().startswith("#"):
@@ -73,6 +79,53 @@ def test_the_readme_and_the_configs_show_commands():
     assert ("README.md:17", ".venv/bin/abn-train") in COMMANDS
     assert any(command.startswith("abn-train -m ") for _, command in COMMANDS)
     assert any(command.startswith(".venv/bin/abn-explain ") for _, command in COMMANDS)
+    # the pages of docs/ are read too: the paper settings and abn-explain's options are documented there
+    assert any(where.startswith("docs/") and command.startswith("abn-explain ") for where, command in COMMANDS)
+    assert any(where.startswith("docs/") and "experiment=" in command for where, command in COMMANDS)
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def without_code_blocks(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a page: lower case, punctuation dropped, spaces → hyphens, a
+    repeated heading numbered -1, -2, ..."""
+    seen: Counter[str] = Counter()
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", without_code_blocks(page.read_text()), flags=re.M):
+        anchor = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{anchor}-{seen[anchor]}" if seen[anchor] else anchor)
+        seen[anchor] += 1
+    return anchors
+
+
+def test_heading_anchors_are_githubs(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Speed: ABN, light ABN\n\n## `abn-explain`\n\n```bash\n# not a heading\n```\n\n"
+                    "## Speed: ABN, light ABN\n")
+    assert heading_anchors(page) == {"speed-abn-light-abn", "abn-explain", "speed-abn-light-abn-1"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.relative_to(ROOT).as_posix() for page in PAGES])
+def test_relative_links_lead_to_files_and_headings(page):
+    """Links (and pictures) of the README and docs/*.md that point inside the repository: the file exists and, for a
+    link to a heading, the heading does."""
+    broken = []
+    prose = re.sub(r"`[^`\n]*`", "", without_code_blocks(page.read_text()))  # brackets in code are no links
+    for target in LINK.findall(prose):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+            broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    assert not broken, f"{page.name}: " + "; ".join(broken)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ from omegaconf.errors import ConfigAttributeError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from abn.checkpoints import check_resume_checkpoint
 from abn.config import MAX_JOB_FOLDER
 from abn.module import ABNModule
-from abn.train import check_resume_checkpoint, train
+from abn.train import train
 
 from .conftest import TINY_SHAPES, compose_train_config
 

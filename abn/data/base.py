@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from .images import image_file_sets, skip_unreadable_collate
 
@@ -18,6 +20,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 InputSize = Union[int, Sequence[int]]  # a side in pixels, or (height, width)
+_RANDOM_HFLIP = v2.RandomHorizontalFlip()
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -33,9 +36,16 @@ class ClassificationDataModule(L.LightningDataModule):
     mean: Sequence[float] = (0.0,)
     std: Sequence[float] = (1.0,)
     task: str = "multiclass"
+    # the class count of a data set that has one of its own (CIFAR-10's 10): the module's default and check read it,
+    # a test checks that its config holds it; None where the files or the options decide
+    fixed_num_classes: Optional[int] = None
+    title: str = "this data set"  # its name in messages
 
     def __init__(self, num_classes: Optional[int], in_chans: int, batch_size: int, num_workers: int, pin_memory: bool):
         super().__init__()
+        if self.fixed_num_classes is not None and num_classes != self.fixed_num_classes:
+            raise ValueError(f"{self.title} has {self.fixed_num_classes} classes; set "
+                             f"data.num_classes={self.fixed_num_classes} (got {num_classes})")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.batch_size = batch_size
@@ -164,3 +174,11 @@ def hold_out(train_view: Dataset, eval_view: Dataset, val_size: int, seed: int) 
 def check_not_empty(name: str, dataset: Dataset, where: str) -> None:
     if len(dataset) == 0:
         raise ValueError(f"the {name} split is empty ({where}); check the data root and the split options")
+
+
+def random_hflip_with_box(image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
+    """Mirror an image (C×H×W) and its box (x0, y0, x1, y1; x1/y1 exclusive) together, with probability 1/2: the
+    box becomes (W − x1, y0, W − x0, y1). Returns plain tensors, the box in the shape and dtype it came in."""
+    boxes = tv_tensors.BoundingBoxes(box, format="XYXY", canvas_size=tuple(image.shape[-2:]))
+    image, boxes = _RANDOM_HFLIP(image, boxes)
+    return image, boxes.as_subclass(Tensor).reshape(box.shape)

@@ -18,12 +18,10 @@ from __future__ import annotations
 import difflib
 import os
 import warnings
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
@@ -155,7 +153,7 @@ class CelebADataModule(ClassificationDataModule):
         self.attribute = None if attribute is None else str(attribute)
         expected = ATTRIBUTE_COUNT if self.attribute is None else 2
         if num_classes is not None and num_classes != expected:
-            learns = "all 40 attributes" if self.attribute is None else f"attribute={self.attribute} (absent / present)"
+            learns = f"all {ATTRIBUTE_COUNT} attributes" if self.attribute is None else f"attribute={self.attribute} (absent / present)"
             raise ValueError(f"CelebA with {learns} has {expected} outputs but data.num_classes={num_classes}; set "
                              f"data.num_classes=null (the data module sets it) or {expected}")
         if in_chans != 3:
@@ -258,40 +256,3 @@ class CelebADataModule(ClassificationDataModule):
         where = f"{self.partition_file}, images in {self.image_folder}"
         for name in ("train", "val", "test"):
             check_not_empty(name, getattr(self, f"{name}_set"), where)
-
-
-def write_standin_celeba(
-    root: str | os.PathLike,
-    num_images: int = 12,
-    partitions: Optional[Sequence[int]] = None,
-    image_size: tuple[int, int] = (178, 218),
-    seed: int = 0,
-) -> Path:
-    """Write a tiny CelebA in the real on-disk format under ``<root>/celeba`` and return that folder.
-
-    ``partitions`` gives each image's code (0 train, 1 valid, 2 test); by default half train, a quarter each valid
-    and test. ``image_size`` is (width, height), 178×218 as the aligned faces. Attribute values are random
-    (seeded). An existing CelebA is never overwritten.
-    """
-    folder = Path(root) / FOLDER
-    images = folder / IMAGE_FOLDER
-    for path in (folder / ATTRIBUTE_FILE, folder / PARTITION_FILE, images):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; write the stand-in CelebA under another root")
-    if partitions is None:
-        held_out = max(1, num_images // 4)
-        partitions = [0] * (num_images - 2 * held_out) + [1] * held_out + [2] * held_out
-    if len(partitions) != num_images or not set(partitions) <= {0, 1, 2}:
-        raise ValueError(f"partitions must give 0, 1 or 2 for each of the {num_images} images")
-    rng = np.random.default_rng(seed)
-    signs = rng.choice([-1, 1], size=(num_images, ATTRIBUTE_COUNT))
-    names = [f"{i:06d}.jpg" for i in range(1, num_images + 1)]
-    images.mkdir(parents=True)
-    width, height = image_size
-    for name in names:
-        coarse = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((width, height), Image.BILINEAR).save(images / name, format="JPEG", quality=90)
-    rows = [f"{name} " + " ".join(f"{value:2d}" for value in row) for name, row in zip(names, signs)]
-    (folder / ATTRIBUTE_FILE).write_text(f"{num_images}\n" + " ".join(ATTRIBUTE_NAMES) + " \n" + "\n".join(rows) + "\n")
-    (folder / PARTITION_FILE).write_text("".join(f"{name} {code}\n" for name, code in zip(names, partitions)))
-    return folder

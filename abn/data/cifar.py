@@ -16,6 +16,8 @@ from torchvision import datasets, transforms
 from .base import ClassificationDataModule
 from .device import OnDeviceLoaders
 
+CIFAR10_CLASSES = 10
+CIFAR100_CLASSES = 100
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -57,12 +59,13 @@ class CIFARDataModule(OnDeviceLoaders, ClassificationDataModule):
     download_class: type = datasets.CIFAR10
     archive = "cifar-10-python.tar.gz"
     title = "CIFAR-10"
+    fixed_num_classes = CIFAR10_CLASSES
     input_size = 32
 
     def __init__(
         self,
         root: str = "data",
-        num_classes: int = 10,
+        num_classes: int = CIFAR10_CLASSES,
         in_chans: int = 3,
         val_size: int = 0,
         seed: int = 0,
@@ -75,9 +78,6 @@ class CIFARDataModule(OnDeviceLoaders, ClassificationDataModule):
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
         self.on_device = on_device
-        expected = 100 if self.dataset_class is _PresentCIFAR100 else 10
-        if num_classes != expected:
-            raise ValueError(f"{self.title} has {expected} classes; set data.num_classes={expected} (got {num_classes})")
         if in_chans != 3:
             raise ValueError(f"{self.title} images are RGB: in_chans must be 3, got {in_chans}")
         if val_size < 0:
@@ -134,6 +134,7 @@ class CIFAR100DataModule(CIFARDataModule):
     download_class = datasets.CIFAR100
     archive = "cifar-100-python.tar.gz"
     title = "CIFAR-100"
+    fixed_num_classes = CIFAR100_CLASSES
 
-    def __init__(self, root: str = "data", num_classes: int = 100, **kwargs):
+    def __init__(self, root: str = "data", num_classes: int = CIFAR100_CLASSES, **kwargs):
         super().__init__(root, num_classes, **kwargs)

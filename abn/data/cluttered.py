@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from .base import ClassificationDataModule, check_not_empty
-from .fashion_mnist import SYSTEM_COPIES, prepare_files
+from .base import ClassificationDataModule, check_not_empty, random_hflip_with_box
+from .fashion_mnist import FASHION_MNIST_CLASSES, SYSTEM_COPIES, prepare_files
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # Seeds of the two orderings that are not per-sample: the train/validation hold-out, and the test garments' order.
@@ -164,11 +164,13 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
     # 5000 training samples drawn from the real Fashion-MNIST files, mean and (population) standard deviation.
     mean = (0.0861,)
     std = (0.2314,)
+    title = "cluttered Fashion-MNIST"
+    fixed_num_classes = FASHION_MNIST_CLASSES
 
     def __init__(
         self,
         root: str = "data",
-        num_classes: int = 10,
+        num_classes: int = FASHION_MNIST_CLASSES,
         in_chans: int = 1,
         canvas_size: int = 64,
         min_scale: int = 20,
@@ -188,8 +190,6 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
         pin_memory: bool = False,
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
-        if num_classes != 10:
-            raise ValueError(f"cluttered Fashion-MNIST has 10 classes; set data.num_classes=10 (got {num_classes})")
         if in_chans not in (1, 3):
             raise ValueError(f"cluttered Fashion-MNIST is grey: in_chans must be 1 (or 3 to repeat it), got {in_chans}")
         if min_scale < 1:
@@ -233,10 +233,9 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
         return image.expand(3, -1, -1) if self.in_chans == 3 else image
 
     def _train_transform(self, image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalise, and mirror half of the images with their boxes (x ↦ S − x, ends swapped)."""
-        if self.hflip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            box = torch.stack([self.canvas_size - box[2], box[1], self.canvas_size - box[0], box[3]])
+        """Normalise, and mirror half of the images with their boxes."""
+        if self.hflip:
+            image, box = random_hflip_with_box(image, box)
         return self._finish(image), box
 
     def _eval_transform(self, image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -157,7 +156,7 @@ class CompCarsDataModule(ClassificationDataModule):
     """CompCars (web-nature) with the official classification split; ``classify`` is "model" or "make".
 
     (The option is not called ``task``: that name is the base class's multiclass/multilabel, which ``abn-train``
-    writes into ``data.task`` for the model.)
+    hands to the model.)
     """
 
     mean = IMAGENET_MEAN
@@ -335,53 +334,3 @@ class CompCarsDataModule(ClassificationDataModule):
                 "Resume with the split (train_test_split/classification/train.txt) the checkpoint was trained on"
             )
         super().load_state_dict(state)
-
-
-def write_standin_compcars(
-    root: str | Path,
-    cars: Sequence[tuple[int, int]] = ((1, 3), (1, 7), (2, 12)),
-    train_per_model: int = 4,
-    test_per_model: int = 2,
-    image_size: tuple[int, int] = (48, 64),
-    seed: int = 0,
-    unnamed_models: Sequence[int] = (),
-) -> dict[str, list[str]]:
-    """Write a tiny CompCars in the real on-disk layout (image/, label/, misc/make_model_name.mat, split files), for
-    tests and benchmarks without the real data.
-
-    ``cars`` are (make_id, model_id) pairs; make and model names are "Make<id>" and "Model<id>" in a .mat of the
-    real size (163 makes, 2004 models), ``unnamed_models`` left empty as some are in the real file. Each
-    ``image_size`` (height, width) JPEG is blue with its car box (at least half of each side) filled red, so a crop
-    to the box is all red. Returns the relative paths (as in the split files) of each split.
-    """
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    height, width = image_size
-    listed: dict[str, list[str]] = {"train": [], "test": []}
-    for make_id, model_id in cars:
-        for index in range(train_per_model + test_per_model):
-            split = "train" if index < train_per_model else "test"
-            relative = f"{make_id}/{model_id}/{2010 + index % 3}/{rng.bytes(7).hex()}.jpg"
-            x1, y1 = (int(rng.integers(1, side // 4 + 1)) for side in (width, height))
-            x2, y2 = (int(rng.integers(side // 2 + 1, side + 1)) for side in (width, height))
-            pixels = np.empty((height, width, 3), dtype=np.uint8)
-            pixels[:] = (20, 60, 220)
-            pixels[y1 - 1 : y2, x1 - 1 : x2] = (230, 30, 30)
-            image_path = root / "image" / relative
-            image_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(image_path, quality=95)
-            label_path = (root / "label" / relative).with_suffix(".txt")
-            label_path.parent.mkdir(parents=True, exist_ok=True)
-            label_path.write_text(f"{rng.choice([-1, 1, 2, 3, 4, 5])}\n1\n{x1} {y1} {x2} {y2}\n")
-            listed[split].append(relative)
-    split_folder = root / SPLIT_FOLDER
-    split_folder.mkdir(parents=True, exist_ok=True)
-    for split, paths in listed.items():
-        (split_folder / f"{split}.txt").write_text("".join(f"{path}\n" for path in paths))
-    (root / "misc").mkdir(parents=True, exist_ok=True)
-    make_names = np.empty((163, 1), dtype=object)
-    make_names[:, 0] = [f"Make{i}" for i in range(1, 164)]
-    model_names = np.empty((2004, 1), dtype=object)
-    model_names[:, 0] = ["" if i in unnamed_models else f"Model{i}" for i in range(1, 2005)]
-    scipy.io.savemat(root / NAMES_FILE, {"make_names": make_names, "model_names": model_names})
-    return listed

@@ -14,6 +14,7 @@ from torchvision import datasets, transforms
 from .base import ClassificationDataModule
 from .device import OnDeviceLoaders
 
+FASHION_MNIST_CLASSES = len(datasets.FashionMNIST.classes)  # 10 garment classes
 # Where the Debian package ``dataset-fashion-mnist`` puts the original gzipped IDX files.
 SYSTEM_COPIES = ("/usr/share/datasets/fashion-mnist",)
 IDX_FILES = (
@@ -95,11 +96,13 @@ class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
     mean = (0.2860,)
     std = (0.3530,)
     input_size = 28
+    title = "Fashion-MNIST"
+    fixed_num_classes = FASHION_MNIST_CLASSES
 
     def __init__(
         self,
         root: str = "data",
-        num_classes: int = 10,
+        num_classes: int = FASHION_MNIST_CLASSES,
         in_chans: int = 1,
         val_size: int = 5000,
         seed: int = 0,
@@ -113,8 +116,6 @@ class FashionMNISTDataModule(OnDeviceLoaders, ClassificationDataModule):
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
         self.on_device = on_device
-        if num_classes != 10:
-            raise ValueError(f"Fashion-MNIST has 10 classes; set data.num_classes=10 (got {num_classes})")
         if in_chans not in (1, 3):
             raise ValueError(f"Fashion-MNIST images are grey: in_chans must be 1 (or 3 to repeat them), got {in_chans}")
         if val_size < 0:

@@ -22,6 +22,7 @@ from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule
 from .folder import class_folder_samples
 from .images import ImageFiles
 
+IMAGENET_CLASSES = 1000  # ILSVRC-2012; a subset of its class folders is another count (data.num_classes)
 ARCHIVES = {split: name for split, (name, _) in tv_imagenet.ARCHIVE_META.items()}
 
 
@@ -36,7 +37,7 @@ class ImageNetDataModule(ClassificationDataModule):
     def __init__(
         self,
         root: str = "data/imagenet",
-        num_classes: int = 1000,
+        num_classes: int = IMAGENET_CLASSES,
         in_chans: int = 3,
         image_size: int = 224,
         resize_size: int = 256,

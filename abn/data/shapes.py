@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import ClassificationDataModule
+from .base import ClassificationDataModule, random_hflip_with_box
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "plus", "ring", "cross", "frame", "hourglass", "bar")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+DEFAULT_CLASSES = 8  # the first 8 shapes; 2 to len(SHAPE_NAMES) can be chosen
 
 
 def shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -116,7 +117,7 @@ class ShapesDataset(Dataset):
     def __init__(
         self,
         num_samples: int,
-        num_classes: int = 8,
+        num_classes: int = DEFAULT_CLASSES,
         split: str = "train",
         seed: int = 0,
         image_size: int = 32,
@@ -144,7 +145,7 @@ class ShapesDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        num_classes: int = 8,
+        num_classes: int = DEFAULT_CLASSES,
         in_chans: int = 3,
         image_size: int = 32,
         train_size: int = 8000,
@@ -171,9 +172,8 @@ class ShapesDataModule(ClassificationDataModule):
         self.classes = list(SHAPE_NAMES[:num_classes])
 
     def _train_transform(self, image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
-        if self.hflip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            box = torch.stack([self.image_size - box[2], box[1], self.image_size - box[0], box[3]])
+        if self.hflip:
+            image, box = random_hflip_with_box(image, box)
         return self.normalize(image), box
 
     def _eval_transform(self, image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:

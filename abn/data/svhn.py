@@ -16,6 +16,9 @@ from .base import ClassificationDataModule
 from .device import OnDeviceLoaders
 
 
+SVHN_CLASSES = 10  # the digits 0–9
+
+
 class _PresentSVHN(datasets.SVHN):
     """Checks that the split's file is there; its MD5 sum is only checked by a download."""
 
@@ -27,11 +30,13 @@ class SVHNDataModule(OnDeviceLoaders, ClassificationDataModule):
     mean = (0.4377, 0.4438, 0.4728)
     std = (0.1980, 0.2010, 0.1970)
     input_size = 32
+    title = "SVHN"
+    fixed_num_classes = SVHN_CLASSES
 
     def __init__(
         self,
         root: str = "data",
-        num_classes: int = 10,
+        num_classes: int = SVHN_CLASSES,
         in_chans: int = 3,
         use_extra: bool = False,
         val_size: int = 0,
@@ -46,15 +51,13 @@ class SVHNDataModule(OnDeviceLoaders, ClassificationDataModule):
     ):
         super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
         self.on_device = on_device
-        if num_classes != 10:
-            raise ValueError(f"SVHN has 10 classes; set data.num_classes=10 (got {num_classes})")
         if in_chans != 3:
             raise ValueError(f"SVHN images are RGB: in_chans must be 3, got {in_chans}")
         if val_size < 0:
             raise ValueError(f"val_size must be ≥ 0, got {val_size}")
         self.root, self.use_extra, self.val_size, self.seed = os.path.join(str(root), "svhn"), use_extra, val_size, seed
         self.augment, self.hflip, self.download = augment, hflip, download
-        self.classes = [str(digit) for digit in range(10)]
+        self.classes = [str(digit) for digit in range(SVHN_CLASSES)]
 
     @property
     def splits(self) -> tuple[str, ...]:

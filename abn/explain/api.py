@@ -5,31 +5,23 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import methods as m
-from .layers import cam_layer, check_layers, default_layer, unwrap
+from .layers import check_layers, default_layer, unwrap
+from .methods import METHOD_SPECS, MapRequest, MethodSpec, to_input_size
 from .state import preserved_state
 
-METHODS = ("abn", "cam", "gradcam", "gradcam++", "guided_backprop", "guided_gradcam", "counterfactual",
-           "relevance_cam", "random")
-LAYER_METHODS = ("cam", "gradcam", "gradcam++", "guided_gradcam", "counterfactual", "relevance_cam")
-DIFFERENTIABLE_METHODS = ("abn", "cam", "gradcam", "gradcam++", "counterfactual")
-INPUT_GRADIENT_METHODS = ("guided_backprop", "guided_gradcam")
+METHODS = tuple(METHOD_SPECS)
+LAYER_METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.takes_layer)
+DIFFERENTIABLE_METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.differentiable)
 
 Layers = Union[None, str, Sequence[str]]
-
-
-def has_attention_branch(model: nn.Module) -> bool:
-    return getattr(unwrap(model), "attention_branch", None) is not None
 
 
 def applicable_methods(model: nn.Module) -> list[str]:
     """The methods that apply to ``model``: ``abn`` needs an attention branch, ``cam`` a GAP + linear head."""
     net = unwrap(model)
-    return [method for method in METHODS
-            if (method != "abn" or has_attention_branch(net)) and (method != "cam" or cam_layer(net) is not None)]
+    return [name for name, spec in METHOD_SPECS.items() if spec.applies_to(net)]
 
 
 def normalize_maps(maps: Tensor) -> Tensor:
@@ -40,11 +32,33 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
 
 
-def to_input_size(maps: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
-    if maps.shape[-2:] == size:
-        return maps
-    extra = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
-    return F.interpolate(maps[:, None], size=size, mode=interpolation, **extra)[:, 0]
+def method_spec(net: nn.Module, method: str, layer: Layers, differentiable: bool) -> MethodSpec:
+    """The method's spec, once the method is known, applies to ``net`` and supports the options asked for."""
+    if method not in METHOD_SPECS:
+        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    spec = METHOD_SPECS[method]
+    if not spec.applies_to(net):
+        raise ValueError(f"method {method!r} does not apply to this {type(net).__name__}: it needs {spec.requirement}. "
+                         f"Methods that apply: {', '.join(applicable_methods(net))}")
+    if differentiable and not spec.differentiable:
+        raise ValueError(f"differentiable=True applies to {', '.join(DIFFERENTIABLE_METHODS)}, not {method!r}")
+    if layer is not None and not spec.takes_layer:
+        raise ValueError(f"method {method!r} takes no layer (it explains {'the input' if spec.input_attribution else 'the whole image'}); "
+                         f"layer applies to {', '.join(LAYER_METHODS)}")
+    return spec
+
+
+def layer_names(net: nn.Module, images: Tensor, spec: MethodSpec, layer: Layers) -> list[str]:
+    """The checked layer names to explain at (each once): the default layer when ``layer`` is None."""
+    if not spec.takes_layer:
+        return []
+    if layer is None:
+        return [default_layer(net, images)]
+    layers = [layer] if isinstance(layer, str) else list(dict.fromkeys(layer))
+    if not layers:
+        raise ValueError("layer is an empty list; give at least one layer name, or None for the default")
+    check_layers(net, layers, images)
+    return layers
 
 
 def explain(
@@ -79,19 +93,9 @@ def explain(
     ``requires_grad`` untouched. ``random`` draws uniform noise from ``seed``: the sanity baseline.
     """
     net = unwrap(model)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
-    if method not in applicable_methods(net):
-        why = "it needs an attention branch (head=abn)" if method == "abn" else "it needs a GAP + linear head"
-        raise ValueError(f"method {method!r} does not apply to this {type(net).__name__}: {why}. "
-                         f"Methods that apply: {', '.join(applicable_methods(net))}")
-    if differentiable and method not in DIFFERENTIABLE_METHODS:
-        raise ValueError(f"differentiable=True applies to {', '.join(DIFFERENTIABLE_METHODS)}, not {method!r}")
+    spec = method_spec(net, method, layer, differentiable)
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"images must be a B×C×H×W tensor, got {tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
-    if layer is not None and method not in LAYER_METHODS:
-        raise ValueError(f"method {method!r} takes no layer (it explains {'the input' if method in INPUT_GRADIENT_METHODS else 'the whole image'}); "
-                         f"layer applies to {', '.join(LAYER_METHODS)}")
     device = next(iter(net.parameters()), torch.empty(0)).device
     several = isinstance(layer, (list, tuple))
     with torch.inference_mode(False), torch.enable_grad():
@@ -99,7 +103,8 @@ def explain(
         if images.is_inference():
             images = images.clone()
         with preserved_state(net, eval_mode=not differentiable, freeze=not differentiable):
-            raw_maps = _raw_maps(net, images, method, targets, layer, differentiable, interpolation, seed)
+            layers = layer_names(net, images, spec, layer)
+            raw_maps = spec.compute(MapRequest(net, images, targets, layers, differentiable, interpolation, seed))
     if not differentiable:
         raw_maps = {name: maps.detach() for name, maps in raw_maps.items()}
     if not raw:
@@ -111,32 +116,3 @@ def explain(
 
 def _reduce_channels(attribution: Tensor) -> Tensor:
     return attribution.abs().amax(dim=1)
-
-
-def _raw_maps(net: nn.Module, images: Tensor, method: str, targets: Optional[object], layer: Layers,
-              differentiable: bool, interpolation: str, seed: int) -> dict[str, Tensor]:
-    if method == "abn":
-        return {"attention": m.attention_map(net, images, targets)}
-    if method == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return {"random": torch.rand(images.shape[0], *images.shape[-2:], generator=generator).to(images.device)}
-    if method == "guided_backprop":
-        return {"input": m.guided_backprop(net, images, targets)}
-    if layer is None:
-        layers = [cam_layer(net)[0] if method == "cam" else default_layer(net, images)]
-    else:
-        layers = [layer] if isinstance(layer, str) else list(layer)
-        if not layers:
-            raise ValueError("layer is an empty list; give at least one layer name, or None for the default")
-        check_layers(net, layers, images)
-    if method == "cam":
-        return m.class_activation_map(net, images, layers, targets, differentiable)
-    if method in ("gradcam", "gradcam++", "counterfactual"):
-        return m.gradient_cams(net, images, method, layers, targets, differentiable)
-    if method == "relevance_cam":
-        return m.relevance_cams(net, images, layers, targets)
-    # guided_gradcam: guided backprop × Grad-CAM up-sampled to the input (Selvaraju et al.)
-    cams = m.gradient_cams(net, images, "gradcam", layers, targets, differentiable=False)
-    guided = m.guided_backprop(net, images, targets)
-    size = tuple(images.shape[-2:])
-    return {name: guided * to_input_size(cam, size, interpolation)[:, None] for name, cam in cams.items()}

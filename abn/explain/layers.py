@@ -1,4 +1,5 @@
-"""Finding and recording layers of any CNN: the models of :mod:`abn.models` and plain torchvision networks."""
+"""Finding and recording layers of any CNN (the models of :mod:`abn.models` and plain torchvision networks), and
+reading its class scores and the classes to explain: what every explanation method shares."""
 
 from __future__ import annotations
 
@@ -24,6 +25,25 @@ def logits_of(output: Any) -> Tensor:
     if not torch.is_tensor(logits) or logits.dim() != 2:
         raise ValueError(f"expected the model to return B×K class scores (or an object with .logits), got {type(output).__name__}")
     return logits
+
+
+def resolve_targets(targets: Optional[object], logits: Tensor) -> Tensor:
+    """One class index per image: ``targets`` (one per image, or one for all) checked against the class count, or
+    the prediction when None."""
+    batch, num_classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=1)
+    chosen = torch.as_tensor(targets, device=logits.device)
+    if chosen.dim() == 0:
+        chosen = chosen.expand(batch)
+    if chosen.is_floating_point() or chosen.is_complex() or chosen.dtype == torch.bool or chosen.shape != (batch,):
+        raise ValueError(f"targets must be {batch} integer class indices (one class index per image) or a single "
+                         f"index, got {chosen.dtype} of shape {tuple(torch.as_tensor(targets).shape)}")
+    wrong = chosen[(chosen < 0) | (chosen >= num_classes)]
+    if len(wrong):
+        raise ValueError(f"target class {int(wrong[0])} is out of range: the model has {num_classes} classes "
+                         f"(targets must lie in [0, {num_classes}))")
+    return chosen.long()
 
 
 def spatial_layers(model: nn.Module, images: Tensor) -> list[str]:
@@ -83,27 +103,35 @@ def check_layers(model: nn.Module, names: Sequence[str], images: Tensor) -> None
 class LayerRecorder:
     """Forward hooks that keep the outputs of the named layers during one forward pass.
 
-    Each recorded output is kept as it left the layer, and the network continues on a copy, so an in-place
-    operation after the layer (``out += shortcut``, ``ReLU(inplace=True)``) neither changes the recorded values nor
-    breaks differentiation. An output that does not require grad (frozen parameters, plain input) is recorded as a
-    fresh leaf of the autograd graph: a backward pass from the scores then stops at the shallowest recorded layer.
+    Each output is recorded as a copy, and the network continues on another copy: an in-place operation after the
+    layer (``out += shortcut``, ``ReLU(inplace=True)``) neither changes the recorded values nor breaks
+    differentiation, and the gradient with respect to a recorded output is the one that flowed through this layer
+    only (an ``Identity`` hands on its input, which other paths may use too). An output that does not require grad
+    (frozen parameters, plain input) is recorded as a fresh leaf of the autograd graph: a backward pass from the
+    scores then stops at the shallowest recorded layer. A layer that runs several times keeps its last output.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]):
-        self.model, self.names = model, list(names)
+        self.model, self.names = model, list(dict.fromkeys(names))
         self.outputs: dict[str, Tensor] = {}
         self._handles: list[Any] = []
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> Optional[Tensor]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor:
             if not torch.is_tensor(output) or output.dim() != 4:
                 shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
                 raise ValueError(f"layer {name!r} outputs {shape}, not a B×C×h×w feature map; choose a convolutional layer")
-            if not output.requires_grad:
-                output = output.detach().requires_grad_()
-            self.outputs[name] = output
-            return output.clone()
+            recorded = output.clone() if output.requires_grad else output.detach().clone().requires_grad_()
+            self.outputs[name] = recorded
+            return recorded.clone()
         return hook
+
+    def recorded(self) -> list[Tensor]:
+        """The recorded outputs in the order of ``names``; an error names any layer that did not run."""
+        missing = [name for name in self.names if name not in self.outputs]
+        if missing:
+            raise ValueError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
+        return [self.outputs[name] for name in self.names]
 
     def __enter__(self) -> "LayerRecorder":
         modules = dict(self.model.named_modules())

@@ -1,58 +1,64 @@
-"""The explanation methods behind :func:`abn.explain.explain`.
+"""The explanation methods behind :func:`abn.explain.explain`: one function per method, and :data:`METHOD_SPECS`,
+the table of what each supports, which :func:`~abn.explain.explain`, :func:`~abn.explain.applicable_methods`,
+``abn-explain`` and the training callback read. A new method is its function and one entry in the table.
 
-Every method returns raw maps (B×h×w at its layer's resolution; B×C×H×W input gradients for the guided methods);
-:func:`abn.explain.explain` resizes and normalises them.
+Every method takes a :class:`MapRequest` and returns raw maps by name (B×h×w at its layer's resolution, keyed by
+layer; B×C×H×W input gradients for the guided methods); :func:`abn.explain.explain` resizes and normalises them.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LayerRecorder, cam_layer, logits_of
+from .layers import LayerRecorder, cam_layer, logits_of, resolve_targets, unwrap
+from .relevance import relevance_cam
+
+Maps = dict[str, Tensor]
 
 
-def resolve_targets(targets: Optional[object], logits: Tensor) -> Tensor:
-    """One class index per image: ``targets`` checked against the class count, or the prediction."""
-    batch, num_classes = logits.shape
-    if targets is None:
-        return logits.argmax(dim=1)
-    chosen = torch.as_tensor(targets, device=logits.device)
-    if chosen.is_floating_point() or chosen.is_complex():
-        raise ValueError(f"targets must be integer class indices, got dtype {chosen.dtype}")
-    chosen = chosen.long()
-    if chosen.dim() == 0:
-        chosen = chosen.expand(batch)
-    if chosen.shape != (batch,):
-        raise ValueError(f"targets must be one class index per image ({batch}) or a single index, got shape {tuple(chosen.shape)}")
-    wrong = chosen[(chosen < 0) | (chosen >= num_classes)]
-    if len(wrong):
-        raise ValueError(f"target class {int(wrong[0])} is out of range: the model has {num_classes} classes "
-                         f"(valid targets 0..{num_classes - 1})")
-    return chosen
+@dataclass(frozen=True)
+class MapRequest:
+    """What a method is asked: explain ``net``'s decision on ``images`` for ``targets`` (None: the prediction) at
+    ``layers`` (checked names; empty for the methods that take no layer)."""
+
+    net: nn.Module
+    images: Tensor
+    targets: Optional[object]
+    layers: list[str]
+    differentiable: bool = False
+    interpolation: str = "bilinear"
+    seed: int = 0
+
+
+def to_input_size(maps: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
+    if maps.shape[-2:] == size:
+        return maps
+    extra = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
+    return F.interpolate(maps[:, None], size=size, mode=interpolation, **extra)[:, 0]
 
 
 def target_scores(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(1, targets[:, None]).sum()
 
 
-def layer_gradients(
-    model: nn.Module, images: Tensor, layers: Sequence[str], targets: Optional[object], differentiable: bool
-) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Activations of ``layers`` and the gradients of the target scores w.r.t. them, in one forward and one
-    backward that stops at the shallowest layer (no parameter gradients unless ``differentiable``)."""
-    with LayerRecorder(model, layers) as recorder:
-        logits = logits_of(model(images))
-    chosen = resolve_targets(targets, logits)
-    activations = [recorder.outputs[name] for name in layers]
-    grads = torch.autograd.grad(target_scores(logits, chosen), activations, create_graph=differentiable, allow_unused=True)
-    unused = [name for name, grad in zip(layers, grads) if grad is None]
+def layer_gradients(request: MapRequest) -> tuple[list[Tensor], list[Tensor]]:
+    """Activations of the request's layers and the gradients of the target scores w.r.t. them, in one forward and
+    one backward that stops at the shallowest layer (no parameter gradients unless ``differentiable``)."""
+    with LayerRecorder(request.net, request.layers) as recorder:
+        logits = logits_of(request.net(request.images))
+    activations = recorder.recorded()
+    chosen = resolve_targets(request.targets, logits)
+    grads = torch.autograd.grad(target_scores(logits, chosen), activations, create_graph=request.differentiable,
+                                allow_unused=True)
+    unused = [name for name, grad in zip(recorder.names, grads) if grad is None]
     if unused:
         raise ValueError(f"the class scores do not depend on layer(s) {', '.join(unused)}; choose a layer on the path to the classifier")
-    return activations, list(grads), chosen
+    return activations, list(grads)
 
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
@@ -60,47 +66,72 @@ def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     return F.relu(torch.einsum("bk,bkhw->bhw", weights, activations))
 
 
-def gradcam_weights(grads: Tensor, activations: Tensor, method: str) -> Tensor:
-    if method == "gradcam":
-        return grads.mean(dim=(2, 3))
-    if method == "counterfactual":  # Selvaraju et al.: negated gradients show what argues against the class
-        return -grads.mean(dim=(2, 3))
-    # Grad-CAM++ (Chattopadhyay et al.), with the exponential of the score: α = g² / (2g² + Σ_ab A·g³)
+def gradcam_weights(grads: Tensor, activations: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al.): the spatial mean of the gradients."""
+    return grads.mean(dim=(2, 3))
+
+
+def counterfactual_weights(grads: Tensor, activations: Tensor) -> Tensor:
+    """Selvaraju et al.: negated gradients show what argues against the class."""
+    return -grads.mean(dim=(2, 3))
+
+
+def gradcam_plus_plus_weights(grads: Tensor, activations: Tensor) -> Tensor:
+    """Grad-CAM++ (Chattopadhyay et al.), with the exponential of the score: α = g² / (2g² + Σ_ab A·g³)."""
     grads2, grads3 = grads.pow(2), grads.pow(3)
     denominator = 2 * grads2 + activations.sum(dim=(2, 3), keepdim=True) * grads3
     alpha = grads2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
     return (alpha * F.relu(grads)).sum(dim=(2, 3))
 
 
-def gradient_cams(model: nn.Module, images: Tensor, method: str, layers: Sequence[str], targets: Optional[object],
-                  differentiable: bool) -> dict[str, Tensor]:
-    """Grad-CAM, Grad-CAM++ or counterfactual Grad-CAM at each layer."""
-    activations, grads, _ = layer_gradients(model, images, layers, targets, differentiable)
-    return {name: weighted_sum(gradcam_weights(grad, act, method), act)
-            for name, act, grad in zip(layers, activations, grads)}
+ChannelWeights = Callable[[Tensor, Tensor], Tensor]
 
 
-def class_activation_map(model: nn.Module, images: Tensor, layers: Sequence[str], targets: Optional[object],
-                         differentiable: bool) -> dict[str, Tensor]:
+def gradient_cam(request: MapRequest, weights: ChannelWeights) -> Maps:
+    """A Grad-CAM-style map at each layer: ReLU of the activations weighted by ``weights(gradients, activations)``."""
+    activations, grads = layer_gradients(request)
+    return {name: weighted_sum(weights(grad, act), act) for name, act, grad in zip(request.layers, activations, grads)}
+
+
+def gradcam(request: MapRequest) -> Maps:
+    return gradient_cam(request, gradcam_weights)
+
+
+def gradcam_plus_plus(request: MapRequest) -> Maps:
+    return gradient_cam(request, gradcam_plus_plus_weights)
+
+
+def counterfactual(request: MapRequest) -> Maps:
+    return gradient_cam(request, counterfactual_weights)
+
+
+def class_activation_map(request: MapRequest) -> Maps:
     """CAM (Zhou et al.): Σ_k w_k^c A^k + b_c of the GAP + linear head, so the map's mean is the class score."""
-    name, linear = cam_layer(model)
-    wrong = [layer for layer in layers if layer != name]
+    name, linear = cam_layer(request.net)
+    wrong = [layer for layer in request.layers if layer != name]
     if wrong:
         raise ValueError(f"CAM is defined only at the feature map that feeds the GAP + linear head ({name!r}), "
                          f"not at {', '.join(map(repr, wrong))}; use gradcam for other layers")
-    with LayerRecorder(model, [name]) as recorder, torch.set_grad_enabled(differentiable):
-        logits = logits_of(model(images))
-    chosen = resolve_targets(targets, logits)
-    feature_map = recorder.outputs[name]
+    with LayerRecorder(request.net, [name]) as recorder, torch.set_grad_enabled(request.differentiable):
+        logits = logits_of(request.net(request.images))
+    (feature_map,) = recorder.recorded()
+    chosen = resolve_targets(request.targets, logits)
     bias = linear.bias[chosen][:, None, None] if linear.bias is not None else 0.0
     return {name: torch.einsum("bk,bkhw->bhw", linear.weight[chosen], feature_map) + bias}
 
 
-def attention_map(model: nn.Module, images: Tensor, targets: Optional[object]) -> Tensor:
+def attention(request: MapRequest) -> Maps:
     """The attention branch's map M, B×h×w, from one forward pass (class-agnostic; ``targets`` only checked)."""
-    output = model(images)
-    resolve_targets(targets, logits_of(output))
-    return output.attention[:, 0]
+    output = request.net(request.images)
+    resolve_targets(request.targets, logits_of(output))
+    return {"attention": output.attention[:, 0]}
+
+
+def random_maps(request: MapRequest) -> Maps:
+    """Uniform noise drawn from ``seed``: the sanity baseline."""
+    images = request.images
+    generator = torch.Generator().manual_seed(request.seed)
+    return {"random": torch.rand(images.shape[0], *images.shape[-2:], generator=generator).to(images.device)}
 
 
 class GuidedReLU(torch.autograd.Function):
@@ -117,7 +148,7 @@ class GuidedReLU(torch.autograd.Function):
         return grad.clamp(min=0) * open_
 
 
-def guided_backprop(model: nn.Module, images: Tensor, targets: Optional[object]) -> Tensor:
+def guided_input_gradient(model: nn.Module, images: Tensor, targets: Optional[object]) -> Tensor:
     """Springenberg et al.: the input gradient with every ``nn.ReLU`` module's backward guided (B×C×H×W)."""
     handles = [module.register_forward_hook(lambda module, inputs, output: GuidedReLU.apply(output))
                for module in model.modules() if isinstance(module, nn.ReLU)]
@@ -132,11 +163,68 @@ def guided_backprop(model: nn.Module, images: Tensor, targets: Optional[object])
     return grad
 
 
-def relevance_cams(model: nn.Module, images: Tensor, layers: Sequence[str], targets: Optional[object]) -> dict[str, Tensor]:
-    from .relevance import relevance_cam
+def guided_backprop(request: MapRequest) -> Maps:
+    return {"input": guided_input_gradient(request.net, request.images, request.targets)}
 
-    chosen = None  # None: relevance_cam explains the prediction of its own forward pass
-    if targets is not None:  # checked here for the same message as every other method
-        with torch.no_grad():
-            chosen = resolve_targets(targets, logits_of(model(images[:1])).expand(len(images), -1))
-    return relevance_cam(model, images, chosen, list(layers))
+
+def guided_gradcam(request: MapRequest) -> Maps:
+    """Guided backprop × Grad-CAM up-sampled to the input (Selvaraju et al.)."""
+    cams = gradient_cam(request, gradcam_weights)
+    guided = guided_input_gradient(request.net, request.images, request.targets)
+    size = tuple(request.images.shape[-2:])
+    return {name: guided * to_input_size(cam, size, request.interpolation)[:, None] for name, cam in cams.items()}
+
+
+def relevance_cams(request: MapRequest) -> Maps:
+    return relevance_cam(request.net, request.images, request.targets, request.layers)
+
+
+def has_attention_branch(model: nn.Module) -> bool:
+    return getattr(unwrap(model), "attention_branch", None) is not None
+
+
+def has_gap_linear_head(model: nn.Module) -> bool:
+    return cam_layer(unwrap(model)) is not None
+
+
+def any_model(model: nn.Module) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An explanation method: the function that computes its raw maps and what it supports.
+
+    ``layer``: ``"none"`` (it explains the whole image or the input), ``"any"`` (any layer with a spatial output)
+    or ``"head"`` (only the feature map that feeds the GAP + linear head). ``differentiable``: its maps can stay in
+    the autograd graph. ``class_agnostic``: the same map whatever the target class. ``input_attribution``: its raw
+    result is a B×C×H×W attribution of the input. ``applies_to`` says which models it applies to, ``requirement``
+    what the others lack.
+    """
+
+    compute: Callable[[MapRequest], Maps]
+    layer: Literal["none", "any", "head"] = "any"
+    differentiable: bool = False
+    class_agnostic: bool = False
+    input_attribution: bool = False
+    applies_to: Callable[[nn.Module], bool] = any_model
+    requirement: str = ""
+
+    @property
+    def takes_layer(self) -> bool:
+        return self.layer != "none"
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "abn": MethodSpec(attention, layer="none", differentiable=True, class_agnostic=True,
+                      applies_to=has_attention_branch, requirement="an attention branch (head=abn)"),
+    "cam": MethodSpec(class_activation_map, layer="head", differentiable=True, applies_to=has_gap_linear_head,
+                      requirement="a GAP + linear head"),
+    "gradcam": MethodSpec(gradcam, differentiable=True),
+    "gradcam++": MethodSpec(gradcam_plus_plus, differentiable=True),
+    "guided_backprop": MethodSpec(guided_backprop, layer="none", input_attribution=True),
+    "guided_gradcam": MethodSpec(guided_gradcam, input_attribution=True),
+    "counterfactual": MethodSpec(counterfactual, differentiable=True),
+    "relevance_cam": MethodSpec(relevance_cams),
+    "random": MethodSpec(random_maps, layer="none", class_agnostic=True),
+}

@@ -1,4 +1,5 @@
-"""Scores for explanation maps, as torchmetrics ``Metric`` classes (DESIGN.md §4).
+"""Scores for explanation maps, as torchmetrics ``Metric`` classes (DESIGN.md §4), and :data:`METRIC_SPECS`, the
+table from which ``abn-explain`` builds, feeds and summarises them: a new metric is its class and one table entry.
 
 Conventions shared by every metric here:
 
@@ -17,7 +18,8 @@ Conventions shared by every metric here:
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -36,6 +38,9 @@ __all__ = [
     "DeletionAUC",
     "InsertionAUC",
     "AverageDropIncrease",
+    "Evidence",
+    "MetricSpec",
+    "METRIC_SPECS",
 ]
 
 Baseline = Union[float, Tensor, str]
@@ -547,3 +552,73 @@ class AverageDropIncrease(Metric):
             "average_drop": (self.drop_sum / samples).float(),
             "increase_in_confidence": (self.increase_count / samples).float(),
         }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The metrics of abn-explain: one table entry per metric
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One batch of one explanation, as the metrics take it: maps for the predicted and for the true classes."""
+
+    model: nn.Module
+    images: Tensor
+    maps_pred: Tensor
+    maps_label: Tensor
+    preds: Tensor
+    labels: Tensor
+    boxes: Optional[Tensor]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric of ``abn-explain``: how to build it from the ``metrics`` settings, which :class:`Evidence` fields its
+    ``update`` takes (in order), and the table columns its ``compute()`` fills (one value, or a dict by column)."""
+
+    name: str
+    build: Callable[[Any], Metric]
+    inputs: tuple[str, ...]
+    columns: tuple[str, ...] = ()
+
+    @property
+    def needs_boxes(self) -> bool:
+        """It scores against the ground-truth box (data sets without boxes skip it)."""
+        return "boxes" in self.inputs
+
+    @property
+    def needs_model(self) -> bool:
+        """It runs the model again on changed images (``metrics.faithfulness=false`` skips it)."""
+        return "model" in self.inputs
+
+    def update(self, metric: Metric, evidence: Evidence) -> None:
+        metric.update(*(getattr(evidence, name) for name in self.inputs))
+
+    @property
+    def table_columns(self) -> tuple[str, ...]:
+        return self.columns or (self.name,)
+
+    def summary(self, value: Any) -> dict[str, float]:
+        """Table column → value, from ``compute()``'s result."""
+        if isinstance(value, dict):
+            return {column: float(value[column]) for column in self.table_columns}
+        (column,) = self.table_columns
+        return {column: float(value)}
+
+
+POINTING_INPUTS = ("maps_label", "boxes")  # the map of the true class, against the object's box
+FAITHFULNESS_INPUTS = ("model", "images", "maps_pred", "preds")  # the map of the prediction, against the model
+
+# ``settings``: the ``metrics`` section of conf/explain.yaml
+METRIC_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("pointing_game", lambda settings: PointingGame(tolerance=settings.pointing_tolerance),
+               POINTING_INPUTS),
+    MetricSpec("energy_pointing_game", lambda settings: EnergyPointingGame(), POINTING_INPUTS),
+    MetricSpec("localization_error",
+               lambda settings: LocalizationError(threshold=settings.loc_threshold, iou=settings.loc_iou),
+               ("maps_pred", "boxes", "preds", "labels")),
+    MetricSpec("deletion_auc", lambda settings: DeletionAUC(steps=settings.deletion_steps), FAITHFULNESS_INPUTS),
+    MetricSpec("insertion_auc", lambda settings: InsertionAUC(steps=settings.deletion_steps), FAITHFULNESS_INPUTS),
+    MetricSpec("confidence", lambda settings: AverageDropIncrease(), FAITHFULNESS_INPUTS,
+               columns=("average_drop", "increase_in_confidence")),
+)

@@ -28,11 +28,11 @@ relevance is dropped instead of being divided by ``ε`` (which could only make h
 Gates carry no relevance (Arras et al.): the attention map of an Attention Branch Network is detached, so the
 perception branch's ``g · (1 + M)`` hands ``g`` the relevance unchanged and none flows into the attention branch.
 
-A layer's relevance is read by adding a zero "probe" (a leaf that requires grad) to the layer's output. The
-gradient with respect to the probe is the gradient with respect to that output *as it was produced*, even when
-the network later changes the output in place (``out += shortcut``, ``ReLU(inplace=True)``); and as nothing before
-the first probe requires grad (the caller froze the parameters), the backward pass only runs from the logits down
-to the shallowest requested layer. Rule hooks skip modules whose input does not require grad for the same reason.
+A layer's relevance is read at its output as the shared :class:`~abn.explain.layers.LayerRecorder` records it: a
+copy *as it was produced*, even when the network later changes the output in place (``out += shortcut``,
+``ReLU(inplace=True)``), through which only this layer's path flows; and as nothing before the first recorded layer
+requires grad (the caller froze the parameters), the backward pass only runs from the logits down to the
+shallowest requested layer. Rule hooks skip modules whose input does not require grad for the same reason.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .layers import logits_of
+from .layers import LayerRecorder, logits_of, resolve_targets
 
 RULES = ("z+", "z")
 STARTS = ("contrastive", "target")
@@ -141,28 +141,13 @@ def _detach_attention(module: nn.Module, inputs: tuple, output: object) -> objec
     return None
 
 
-def _capture_hook(name: str, captured: dict[str, tuple[Tensor, Tensor]]):
-    def hook(module: nn.Module, inputs: tuple, output: object) -> Tensor:
-        if not isinstance(output, Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"layer {name!r} outputs {shape}, not a B×C×h×w feature map; choose a convolutional layer or stage"
-            )
-        probe = torch.zeros_like(output, requires_grad=True)
-        # a copy: the network goes on with output + probe, but the same tensor may be reachable elsewhere (an
-        # Identity hands on its input) and be changed in place later
-        captured[name] = (probe, output.detach().clone())
-        return output + probe
-
-    return hook
-
-
 def _check_choice(value: str, valid: tuple[str, ...], what: str) -> None:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
-def _resolve_layers(model: nn.Module, layers: list[str]) -> dict[str, nn.Module]:
+def _check_layer_names(model: nn.Module, layers: list[str]) -> list[str]:
+    """The names once each; an unknown name is refused with the closest names of ``model.named_modules()``."""
     if isinstance(layers, str):
         layers = [layers]
     if not layers:
@@ -175,7 +160,7 @@ def _resolve_layers(model: nn.Module, layers: list[str]) -> dict[str, nn.Module]
             raise ValueError(
                 f"unknown layer {name!r}; it must be a name of model.named_modules(), e.g. {', '.join(examples)}"
             )
-    return {name: named[name] for name in dict.fromkeys(layers)}
+    return list(dict.fromkeys(layers))
 
 
 def _check_images(images: Tensor) -> Tensor:
@@ -183,19 +168,6 @@ def _check_images(images: Tensor) -> Tensor:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor B×C×H×W, got {shape}; add a batch dimension or convert")
     return images.detach()
-
-
-def _check_targets(targets: object, logits: Tensor) -> Tensor:
-    targets = torch.as_tensor(targets, device=logits.device)
-    batch, num_classes = logits.shape
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool or tuple(targets.shape) != (batch,):
-        raise ValueError(
-            f"targets must be {batch} integer class indices (one per image), got {targets.dtype} of shape "
-            f"{tuple(targets.shape)}"
-        )
-    if batch and (targets.min() < 0 or targets.max() >= num_classes):
-        raise ValueError(f"targets must lie in [0, {num_classes}) for this model's {num_classes} classes")
-    return targets.long()
 
 
 def start_gradient(logits: Tensor, targets: Tensor, start: str) -> Tensor:
@@ -233,9 +205,8 @@ def layer_relevance(
     """
     _check_choice(rule, RULES, "rule")
     _check_choice(start, STARTS, "start")
-    modules = _resolve_layers(model, layers)
+    names = _check_layer_names(model, layers)
     images = _check_images(images)
-    captured: dict[str, tuple[Tensor, Tensor]] = {}
     handles: list[RemovableHandle] = []
     try:
         attention_branch = getattr(model, "attention_branch", None)
@@ -250,33 +221,26 @@ def layer_relevance(
                     handles.append(module.register_forward_hook(_rule_hook(z_function)))
         if attention_branch is not None:
             handles.append(attention_branch.register_forward_hook(_detach_attention))
-        # registered last, so each sees its module's output after that module's own rule hook
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(_capture_hook(name, captured)))
-
         with torch.enable_grad():
-            logits = logits_of(model(images))
-            targets = logits.argmax(dim=1) if targets is None else _check_targets(targets, logits)
-            missing = [name for name in modules if name not in captured]
-            if missing:
-                raise ValueError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
-            probes = [captured[name][0] for name in modules]
+            # entered last, so the recorder sees each layer's output after that module's own rule hook
+            with LayerRecorder(model, names) as recorder:
+                logits = logits_of(model(images))
+            outputs = recorder.recorded()
+            targets = resolve_targets(targets, logits)
             if logits.requires_grad:
-                gradients = torch.autograd.grad(
-                    logits, probes, grad_outputs=start_gradient(logits, targets, start), allow_unused=True
-                )
-            else:
-                gradients = (None,) * len(probes)
+                gradients = torch.autograd.grad(logits, outputs, grad_outputs=start_gradient(logits, targets, start),
+                                                allow_unused=True)
+            else:  # every layer inside the attention branch, whose map is detached
+                gradients = (None,) * len(outputs)
     finally:
         for handle in handles:
             handle.remove()
 
     relevance: dict[str, Tensor] = {}
     activations: dict[str, Tensor] = {}
-    for name, gradient in zip(modules, gradients):
-        activation = captured[name][1]
-        activations[name] = activation
-        relevance[name] = activation * gradient if gradient is not None else torch.zeros_like(activation)
+    for name, output, gradient in zip(names, outputs, gradients):
+        activations[name] = output.detach()
+        relevance[name] = activations[name] * gradient if gradient is not None else torch.zeros_like(activations[name])
     return relevance, activations
 
 

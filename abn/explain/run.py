@@ -16,62 +16,23 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 
+from ..checkpoints import load_network, training_data_config
 from ..config import config_dir
-from ..visualize import GridColumn, draw_boxes, render_columns, save_png
-from .api import LAYER_METHODS, applicable_methods, explain
-from .metrics import (AverageDropIncrease, DeletionAUC, EnergyPointingGame, InsertionAUC, LocalizationError,
-                      PointingGame)
+from ..visualize import explanation_grid, save_png
+from .api import applicable_methods, explain
+from .methods import METHOD_SPECS
+from .metrics import METRIC_SPECS, Evidence, PointingGame
 
-CLASS_AGNOSTIC = ("abn", "random")
-TABLE_COLUMNS = ("pointing_game", "energy_pointing_game", "localization_error", "deletion_auc", "insertion_auc",
-                 "average_drop", "increase_in_confidence")
-
-
-def load_checkpoint(path: str, device: torch.device) -> nn.Module:
-    """The network of an ``abn-train`` checkpoint, in eval mode; a clear error for anything else."""
-    from ..module import ABNModule
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist; give the .ckpt file written by abn-train, e.g. "
-                                "logs/train/runs/<date>/checkpoints/last.ckpt")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"ckpt_path={path} is not a readable Lightning checkpoint ({type(error).__name__}: {error})") from error
-    hparams = saved.get("hyper_parameters") if isinstance(saved, dict) else None
-    if not hparams or "arch" not in hparams or "state_dict" not in saved:
-        raise ValueError(f"ckpt_path={path} holds no abn model settings (hyper_parameters with arch, head, num_classes) "
-                         "or no weights; explain a checkpoint written by abn-train")
-    try:
-        module = ABNModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"ckpt_path={path}: its weights do not fit the model its settings describe "
-                         f"(arch={hparams.get('arch')!r}, head={hparams.get('head')!r}): {error}") from error
-    return module.net.to(device).eval()
-
-
-def training_data_config(ckpt_path: str) -> DictConfig:
-    """The ``data`` section of the run that wrote the checkpoint (``<run>/.hydra/config.yaml``)."""
-    checkpoint = Path(ckpt_path).resolve()
-    for run_dir in (checkpoint.parent.parent, checkpoint.parent):
-        saved = run_dir / ".hydra" / "config.yaml"
-        if saved.is_file():
-            config = OmegaConf.load(saved)
-            if "data" not in config:
-                raise ValueError(f"{saved} has no data section; choose the data with data=<name>")
-            return config.data
-    raise FileNotFoundError(f"found no training config for {ckpt_path} (looked for .hydra/config.yaml in "
-                            f"{checkpoint.parent.parent} and {checkpoint.parent}); choose the data with data=<name> "
-                            "and its options, e.g. data=shapes")
+TABLE_COLUMNS = tuple(column for spec in METRIC_SPECS for column in spec.table_columns)
 
 
 @dataclass
@@ -98,7 +59,7 @@ def choose_columns(net: nn.Module, methods: Optional[list[str]], layers: Optiona
         chosen = list(methods)
     columns = []
     for method in chosen:
-        if method in LAYER_METHODS and layers and method != "cam":
+        if METHOD_SPECS[method].layer == "any" and layers:
             columns += [Column(method, layer) for layer in layers]
         else:
             columns.append(Column(method, None))
@@ -106,45 +67,21 @@ def choose_columns(net: nn.Module, methods: Optional[list[str]], layers: Optiona
 
 
 class Scores:
-    """Every metric of one column."""
+    """Every metric of :data:`METRIC_SPECS` that applies, for one column: those that need boxes when the data has
+    them, those that run the model again when ``metrics.faithfulness`` is on."""
 
-    def __init__(self, cfg: DictConfig, boxes: bool, device: torch.device):
-        m = cfg.metrics
-        self.localisation: dict[str, Any] = {}
-        if boxes:
-            self.localisation = {
-                "pointing_game": PointingGame(tolerance=m.pointing_tolerance),
-                "energy_pointing_game": EnergyPointingGame(),
-                "localization_error": LocalizationError(threshold=m.loc_threshold, iou=m.loc_iou),
-            }
-        self.faithfulness: dict[str, Any] = {}
-        if m.faithfulness:
-            self.faithfulness = {
-                "deletion_auc": DeletionAUC(steps=m.deletion_steps),
-                "insertion_auc": InsertionAUC(steps=m.deletion_steps),
-                "confidence": AverageDropIncrease(),
-            }
-        for metric in [*self.localisation.values(), *self.faithfulness.values()]:
-            metric.to(device)
+    def __init__(self, settings: DictConfig, boxes: bool, device: torch.device):
+        self.metrics = [(spec, spec.build(settings).to(device)) for spec in METRIC_SPECS
+                        if (boxes or not spec.needs_boxes) and (settings.faithfulness or not spec.needs_model)]
 
-    def update(self, net: nn.Module, images: Tensor, maps_pred: Tensor, maps_label: Tensor, preds: Tensor,
-               labels: Tensor, boxes: Optional[Tensor]) -> None:
-        if self.localisation:
-            self.localisation["pointing_game"].update(maps_label, boxes)
-            self.localisation["energy_pointing_game"].update(maps_label, boxes)
-            self.localisation["localization_error"].update(maps_pred, boxes, preds, labels)
-        for name, metric in self.faithfulness.items():
-            metric.update(net, images, maps_pred, preds)
+    def update(self, evidence: Evidence) -> None:
+        for spec, metric in self.metrics:
+            spec.update(metric, evidence)
 
     def compute(self) -> dict[str, float]:
-        values = {name: float(metric.compute()) for name, metric in self.localisation.items()}
-        if not self.faithfulness:
-            return values
-        values["deletion_auc"] = float(self.faithfulness["deletion_auc"].compute())
-        values["insertion_auc"] = float(self.faithfulness["insertion_auc"].compute())
-        confidence = self.faithfulness["confidence"].compute()
-        values["average_drop"] = float(confidence["average_drop"])
-        values["increase_in_confidence"] = float(confidence["increase_in_confidence"])
+        values: dict[str, float] = {}
+        for spec, metric in self.metrics:
+            values.update(spec.summary(metric.compute()))
         return values
 
 
@@ -165,43 +102,84 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_explain(cfg: DictConfig) -> dict[str, Any]:
-    """Explain and score; returns ``{"accuracy": …, "rows": [one dict per method and layer], "output_dir": …}``."""
-    from ..train import adopt_data_facts
+@dataclass
+class Prepared:
+    """What :func:`prepare` sets up: the network, its data and the batches of the split, the columns to explain."""
+
+    net: nn.Module
+    datamodule: Any
+    loader: Iterable
+    columns: list[Column]
+    device: torch.device
+
+
+@dataclass
+class GridBatch:
+    """The first images of a batch (on the CPU) with their boxes and one map per column: one grid of the report."""
+
+    index: int
+    images: Tensor
+    boxes: Optional[Tensor]
+    maps: list[Tensor]
+
+
+@dataclass
+class Explained:
+    """What :func:`explain_split` found: the images seen, the accuracy, a table row per column, the grids' maps."""
+
+    seen: int
+    accuracy: dict[str, float]
+    rows: list[dict[str, Any]]
+    grids: list[GridBatch]
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Check the settings, load the checkpoint's network, set up the data split and choose the columns (methods ×
+    layers). Writes nothing."""
+    from ..data.facts import adopt_data_facts
 
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {cfg.split!r}")
     L.seed_everything(cfg.seed, workers=True)
     device = resolve_device(cfg.device)
-    net = load_checkpoint(cfg.ckpt_path, device)
+    net = load_network(cfg.ckpt_path, device)
     with open_dict(cfg):
         if cfg.get("data") is None:
             cfg.data = training_data_config(cfg.ckpt_path)
         cfg.data.batch_size = cfg.batch_size
     datamodule = instantiate(cfg.data)
-    adopt_data_facts(cfg, datamodule)
-    if cfg.data.num_classes != net.num_classes or cfg.data.in_chans != net.in_chans:
+    facts = adopt_data_facts(cfg, datamodule)
+    if facts.num_classes != net.num_classes or cfg.data.in_chans != net.in_chans:
         raise ValueError(f"the checkpoint's model has {net.num_classes} classes and {net.in_chans} input channels, "
-                         f"the data {cfg.data.num_classes} and {cfg.data.in_chans}; explain it on the data it was trained on")
-    if cfg.data.task != "multiclass":
-        raise ValueError(f"abn-explain scores single-label classifiers; this data is {cfg.data.task} (e.g. CelebA's 40 "
+                         f"the data {facts.num_classes} and {cfg.data.in_chans}; explain it on the data it was trained on")
+    if facts.task != "multiclass":
+        raise ValueError(f"abn-explain scores single-label classifiers; this data is {facts.task} (e.g. CelebA's 40 "
                          "attributes): choose one attribute (data.attribute=<name>) to explain a two-class model")
     datamodule.setup("test" if cfg.split == "test" else "validate")
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     layers = list(cfg.layers) if cfg.layers else None
     methods = list(cfg.methods) if cfg.methods else None
-    columns = choose_columns(net, methods, layers)
-    output_dir = Path(cfg.paths.output_dir)
-    (output_dir / "grids").mkdir(parents=True, exist_ok=True)
-    writer = None
-    if cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+    return Prepared(net, datamodule, loader, choose_columns(net, methods, layers), device)
 
-        writer = SummaryWriter(str(output_dir / "tensorboard"))
 
+def column_maps(net: nn.Module, images: Tensor, column: Column, preds: Tensor, labels: Tensor,
+                seed: int) -> tuple[Tensor, Tensor]:
+    """The column's maps for the predicted classes and for the true ones (the same maps where they agree or the
+    method is class-agnostic)."""
+    maps_pred = explain(net, images, column.method, targets=preds, layer=column.layer, seed=seed)
+    if METHOD_SPECS[column.method].class_agnostic or bool((preds == labels).all()):
+        return maps_pred, maps_pred
+    return maps_pred, explain(net, images, column.method, targets=labels, layer=column.layer, seed=seed)
+
+
+def explain_split(cfg: DictConfig, prepared: Prepared) -> Explained:
+    """Explain every batch (up to ``num_batches``) with every column, score the maps and keep those of the first
+    ``grid_batches`` batches for the grids."""
+    net, device = prepared.net, prepared.device
     scores: dict[str, Scores] = {}
+    grids: list[GridBatch] = []
     correct = correct_att = seen = 0
-    for batch_index, batch in enumerate(loader):
+    for batch_index, batch in enumerate(prepared.loader):
         if cfg.num_batches is not None and batch_index >= cfg.num_batches:
             break
         images, labels = batch[0].to(device), batch[1].to(device)
@@ -213,21 +191,15 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
         correct_att += int((out.att_logits.argmax(dim=1) == labels).sum()) if out.att_logits is not None else 0
         seen += len(labels)
         shown = []
-        for column in columns:
-            maps_pred = explain(net, images, column.method, targets=preds, layer=column.layer, seed=cfg.seed + batch_index)
-            same = column.method in CLASS_AGNOSTIC or bool((preds == labels).all())
-            maps_label = maps_pred if same else explain(net, images, column.method, targets=labels, layer=column.layer,
-                                                        seed=cfg.seed + batch_index)
+        for column in prepared.columns:
+            maps_pred, maps_label = column_maps(net, images, column, preds, labels, cfg.seed + batch_index)
             if column.name not in scores:
-                scores[column.name] = Scores(cfg, boxes is not None, device)
-            scores[column.name].update(net, images, maps_pred, maps_label, preds, labels, boxes)
-            shown.append(maps_pred[: cfg.grid_images])
+                scores[column.name] = Scores(cfg.metrics, boxes is not None, device)
+            scores[column.name].update(Evidence(net, images, maps_pred, maps_label, preds, labels, boxes))
+            shown.append(maps_pred[: cfg.grid_images].cpu())
         if batch_index < cfg.grid_batches:
-            grid = explanation_grid(datamodule, images[: cfg.grid_images], None if boxes is None else boxes[: cfg.grid_images],
-                                    shown, [column.name for column in columns], cfg.cmap, cfg.alpha)
-            save_png(grid, output_dir / "grids" / f"{cfg.split}_batch_{batch_index:03d}.png")
-            if writer is not None:
-                writer.add_image(f"explain/{cfg.split}", grid, global_step=batch_index)
+            grids.append(GridBatch(batch_index, images[: cfg.grid_images].cpu(),
+                                   None if boxes is None else boxes[: cfg.grid_images].cpu(), shown))
     if seen == 0:
         raise ValueError(f"the {cfg.split} split is empty; nothing to explain")
 
@@ -235,17 +207,45 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     if getattr(net, "attention_branch", None) is not None:
         accuracy["acc_att"] = correct_att / seen
     rows = [{"method": column.method, "layer": column.layer or "default", **scores[column.name].compute()}
-            for column in columns]
-    write_tables(cfg, output_dir, rows, accuracy, seen, writer, net)
-    if writer is not None:
-        writer.close()
-    logging.getLogger("abn").info(f"\nExplained {seen} {cfg.split} images; accuracy {100 * accuracy['acc']:.2f} %.\n"
+            for column in prepared.columns]
+    return Explained(seen, accuracy, rows, grids)
+
+
+def report(cfg: DictConfig, prepared: Prepared, explained: Explained) -> dict[str, Any]:
+    """Write the grids (PNGs), the table (``metrics.csv``, ``metrics.md``, ``summary.json``) and both to TensorBoard;
+    returns ``{"accuracy": …, "rows": …, "output_dir": …}``."""
+    output_dir = Path(cfg.paths.output_dir)
+    (output_dir / "grids").mkdir(parents=True, exist_ok=True)
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(output_dir / "tensorboard"))
+    try:
+        titles = [column.name for column in prepared.columns]
+        for batch in explained.grids:
+            grid = explanation_grid(prepared.datamodule, batch.images, batch.boxes, batch.maps, titles, cfg.cmap, cfg.alpha)
+            save_png(grid, output_dir / "grids" / f"{cfg.split}_batch_{batch.index:03d}.png")
+            if writer is not None:
+                writer.add_image(f"explain/{cfg.split}", grid, global_step=batch.index)
+        write_tables(cfg, output_dir, explained, writer, prepared.net)
+    finally:
+        if writer is not None:
+            writer.close()
+    accuracy = explained.accuracy
+    logging.getLogger("abn").info(f"\nExplained {explained.seen} {cfg.split} images; accuracy {100 * accuracy['acc']:.2f} %.\n"
                                   f"  table: {output_dir / 'metrics.md'}\n  grids: {output_dir / 'grids'}")
-    return {"accuracy": accuracy, "rows": rows, "output_dir": str(output_dir)}
+    return {"accuracy": accuracy, "rows": explained.rows, "output_dir": str(output_dir)}
 
 
-def write_tables(cfg: DictConfig, output_dir: Path, rows: list[dict[str, Any]], accuracy: dict[str, float],
-                 seen: int, writer: Any, net: nn.Module) -> None:
+def run_explain(cfg: DictConfig) -> dict[str, Any]:
+    """Explain and score; returns ``{"accuracy": …, "rows": [one dict per method and layer], "output_dir": …}``."""
+    prepared = prepare(cfg)
+    return report(cfg, prepared, explain_split(cfg, prepared))
+
+
+def write_tables(cfg: DictConfig, output_dir: Path, explained: Explained, writer: Any, net: nn.Module) -> None:
+    rows, accuracy, seen = explained.rows, explained.accuracy, explained.seen
     columns = ["method", "layer", *[name for name in TABLE_COLUMNS if any(name in row for row in rows)]]
     with open(output_dir / "metrics.csv", "w", newline="") as handle:
         table = csv.DictWriter(handle, fieldnames=columns)
@@ -269,19 +269,6 @@ def write_tables(cfg: DictConfig, output_dir: Path, rows: list[dict[str, Any]], 
             name = row["method"] if row["layer"] == "default" else f"{row['method']}@{row['layer']}"
             for key in columns[2:]:
                 writer.add_scalar(f"explain/{name}/{key}", row[key], 0)
-
-
-def explanation_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], maps: list[Tensor], titles: list[str],
-                     cmap: str, alpha: float) -> Tensor:
-    """The rendered figure (3×H×W in [0, 1]): input (with its box) | one titled overlay per map; every map is
-    already min-max scaled to [0, 1] by :func:`abn.explain.explain`."""
-    shown = datamodule.denormalize(images.cpu()) if hasattr(datamodule, "denormalize") else images.cpu().clamp(0, 1)
-    columns = [GridColumn("input + box" if boxes is not None else "input",
-                          images=draw_boxes(shown, None if boxes is None else boxes.cpu()))]
-    columns += [GridColumn(title, images=shown, maps=column) for title, column in zip(titles, maps, strict=True)]
-    caption = ("Each map min-max scaled per image (0 = its minimum, 1 = its maximum), over the input in dimmed grey; "
-               "class-specific methods explain the predicted class.")
-    return render_columns(columns, cmap, alpha, caption, "min-max scaled per image")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="explain")

@@ -8,12 +8,13 @@ compression 0.5. The attention branch copies dense block 3, which has no down-sa
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth
+from .network import Backbone, init_weights
 from .registry import register_model
 
 
@@ -51,16 +52,7 @@ def dense_block(in_channels: int, growth_rate: int, num_layers: int) -> nn.Seque
     return nn.Sequential(*[DenseLayer(in_channels + i * growth_rate, growth_rate) for i in range(num_layers)])
 
 
-def densenet_bc(
-    depth: int = 100,
-    growth_rate: int = 12,
-    head: str = "abn",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+def densenet_bc(depth: int = 100, growth_rate: int = 12, num_classes: int = 10, in_chans: int = 3) -> Backbone:
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"DenseNet-BC depth must be 6n+4 with n ≥ 1 (e.g. 40, 100, 190), got {depth}")
     layers = (depth - 4) // 6
@@ -72,23 +64,19 @@ def densenet_bc(
         parts[f"trans{i}"] = Transition(channels, channels // 2)
         channels //= 2
     out_channels = channels + layers * growth_rate
-    branch = None
-    if head == "abn":
-        copied = resolve_branch_depth(branch_depth, layers)
-        stage_copy = dense_block(channels, growth_rate, copied)
-        branch = AttentionBranch(stage_copy, channels + copied * growth_rate, num_classes, map_kernel_size)
     last_stage = nn.Sequential(
         OrderedDict(dense3=dense_block(channels, growth_rate, layers), bn=nn.BatchNorm2d(out_channels), relu=nn.ReLU(inplace=True))
     )
-    model = assemble(
-        head, nn.Sequential(parts), last_stage, GapLinearHead(out_channels, num_classes), num_classes, in_chans,
-        attention_mode, branch
+    return Backbone(
+        features=nn.Sequential(parts),
+        last_stage=last_stage,
+        channels=out_channels,
+        branch_stage=lambda copied: dense_block(channels, growth_rate, copied),
+        num_blocks=layers,
+        branch_channels=lambda copied: channels + copied * growth_rate,  # each dense layer adds growth_rate
+        initialise=init_weights,
     )
-    init_weights(model)
-    return model
 
 
-@register_model("densenet_bc100")
-def densenet_bc100(**kwargs) -> AttentionBranchNetwork:
-    """DenseNet-BC with L=100, k=12 (0.8 M parameters as baseline), as in the ABN paper."""
-    return densenet_bc(**{"depth": 100, "growth_rate": 12, **kwargs})
+# DenseNet-BC with L=100, k=12 (0.8 M parameters as baseline), as in the ABN paper
+register_model("densenet_bc100")(functools.partial(densenet_bc, depth=100, growth_rate=12))

@@ -1,20 +1,22 @@
 """The network shared by every backbone: feature extractor, optional attention branch, perception branch.
 
-A backbone family only supplies the pieces (see ``resnet_cifar.py``); this module wires them the way the
-official ABN code does (DESIGN §1):
+A backbone family only supplies the pieces (a :class:`Backbone`, see ``resnet_cifar.py``); :func:`build_network`
+wires them for a head the way the official ABN code does (DESIGN §1):
 
     g  = features(x)                                  # every stage before the last one
     att_logits, M = attention_branch(g)               # stride-1 copy of the last stage + map head
     g' = g * (1 + M)        (or g * M)                # attention mechanism
     logits = head(last_stage(g'))                     # perception branch
 
-Built without an attention branch, the same code gives the ``baseline`` and ``cam`` networks.
+Built without an attention branch, the same code gives the ``baseline`` and ``cam`` networks. A new head is a
+name in :data:`HEADS` and its case in :func:`build_network`.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple, Optional, Union
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +84,6 @@ class AttentionBranch(nn.Module):
 
     def __init__(self, stage: nn.Module, channels: int, num_classes: int, map_kernel_size: int = 3):
         super().__init__()
-        if map_kernel_size not in (1, 3):
-            raise ValueError(f"map_kernel_size must be 1 or 3 (the paper draws 1, the official code uses 3), got {map_kernel_size}")
         self.stage = stage
         self.bn = nn.BatchNorm2d(channels)
         self.class_conv = nn.Conv2d(channels, num_classes, kernel_size=1, bias=False)
@@ -107,7 +107,8 @@ class AttentionBranch(nn.Module):
 
 
 class GapLinearHead(nn.Module):
-    """Global average pooling + linear layer; its weights give class activation maps (Zhou et al. 2016)."""
+    """Global average pooling + linear layer; its weights give class activation maps (Zhou et al. 2016, the
+    ``cam`` method of :func:`abn.explain.explain`)."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
@@ -115,12 +116,6 @@ class GapLinearHead(nn.Module):
 
     def forward(self, feature_map: Tensor) -> Tensor:
         return self.fc(feature_map.mean(dim=(2, 3)))
-
-    def class_activation_map(self, feature_map: Tensor, target: Tensor) -> Tensor:
-        """Raw CAM, B×h×w: Σ_k w_k^c A^k + b_c, so the map's spatial mean is the class score."""
-        weight = self.fc.weight[target]  # B×C
-        cam = torch.einsum("bc,bchw->bhw", weight, feature_map)
-        return cam + self.fc.bias[target][:, None, None]
 
 
 class AttentionBranchNetwork(nn.Module):
@@ -141,10 +136,6 @@ class AttentionBranchNetwork(nn.Module):
         head_name: str = "baseline",
     ):
         super().__init__()
-        if head_name not in HEADS:
-            raise ValueError(f"unknown head {head_name!r}; valid heads: {', '.join(HEADS)}")
-        if attention_mode not in ATTENTION_MODES:
-            raise ValueError(f"unknown attention_mode {attention_mode!r}; valid: {', '.join(ATTENTION_MODES)}")
         self.features = features
         self.attention_branch = attention_branch
         self.last_stage = last_stage
@@ -161,7 +152,7 @@ class AttentionBranchNetwork(nn.Module):
                 f"build the model with in_chans={x.shape[1] if x.dim() == 4 else '?'} or convert the images"
             )
 
-    def _last_feature_map(self, x: Tensor) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def forward(self, x: Tensor) -> ABNOutput:
         self.check_input(x)
         g = self.features(x)
         att_logits = attention = None
@@ -171,43 +162,87 @@ class AttentionBranchNetwork(nn.Module):
                 # a stage copy whose stride-1 form is not size-preserving (e.g. a 2×2 patch conv); rare
                 attention = F.interpolate(attention, size=g.shape[-2:], mode="bilinear", align_corners=False)
             g = g * (1.0 + attention) if self.attention_mode == "residual" else g * attention
-        return self.last_stage(g), att_logits, attention
-
-    def forward(self, x: Tensor) -> ABNOutput:
-        feature_map, att_logits, attention = self._last_feature_map(x)
-        return ABNOutput(self.head(feature_map), att_logits, attention)
-
-    @torch.no_grad()
-    def class_activation_map(self, x: Tensor, target: Optional[Tensor] = None) -> Tensor:
-        """CAM of the perception branch's last stage, B×h×w (raw), for ``target`` (default: the prediction)."""
-        if not hasattr(self.head, "class_activation_map"):
-            raise ValueError(f"{type(self.head).__name__} has no GAP + linear head; CAM does not apply")
-        feature_map, _, _ = self._last_feature_map(x)
-        if target is None:
-            target = self.head(feature_map).argmax(dim=1)
-        return self.head.class_activation_map(feature_map, target)
+        return ABNOutput(self.head(self.last_stage(g)), att_logits, attention)
 
 
-def assemble(
+@dataclass
+class Backbone:
+    """A CNN cut before its last stage: what a family builder returns and :func:`build_network` turns into a
+    ``baseline``, ``cam`` or ``abn`` network. A family knows nothing of heads; the optional fields describe where
+    a backbone differs from the plain case (GAP + linear classifier, branch as wide as the last stage, weights
+    initialised by the builder)."""
+
+    features: nn.Module  # every stage before the last one
+    last_stage: nn.Module
+    channels: int  # channels of the last stage's output
+    # the first n blocks of the last stage at stride 1, the attention branch's stage: a copy of the weights where
+    # they may be pretrained, a new stage otherwise
+    branch_stage: Callable[[int], nn.Module]
+    num_blocks: Optional[int]  # blocks of the last stage ``branch_depth`` counts; None: the stage is one block
+    branch_channels: Optional[Callable[[int], int]] = None  # channels out of branch_stage(n) when not ``channels``
+    # the backbone's own classifier when it is not GAP + linear (built on demand: the cam head replaces it)
+    classifier: Optional[Callable[[], nn.Module]] = None
+    gap_linear: Optional[GapLinearHead] = None  # the backbone's own GAP + linear (e.g. pretrained); None: a new one
+    # the cam head's last stage and its channels where it differs (VGG-GAP: pool5 and the FC layers replaced)
+    cam_stage: Optional[Callable[[], tuple[nn.Module, int]]] = None
+    # initialises the whole network once built (backbones trained from scratch); None: the parts keep their
+    # weights (pretrained, or set by the family) and only the layers build_network adds are initialised
+    initialise: Optional[Callable[[nn.Module], None]] = None
+
+
+def check_head_options(attention_mode: str, map_kernel_size: int) -> None:
+    if attention_mode not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention_mode {attention_mode!r}; valid: {', '.join(ATTENTION_MODES)}")
+    if map_kernel_size not in (1, 3):
+        raise ValueError(f"map_kernel_size must be 1 or 3 (the paper draws 1, the official code uses 3), got {map_kernel_size}")
+
+
+def branch_block_count(backbone: Backbone, branch_depth: BranchDepth) -> int:
+    if backbone.num_blocks is None:
+        if branch_depth != "full":
+            raise ValueError(
+                "branch_depth other than 'full' needs a registered arch (see abn.models.list_models()); "
+                "a torchvision:<name> backbone copies the whole last stage"
+            )
+        return 1
+    return resolve_branch_depth(branch_depth, backbone.num_blocks)
+
+
+def build_network(
+    backbone: Backbone,
     head: str,
-    features: nn.Module,
-    last_stage: nn.Module,
-    classifier: nn.Module,
     num_classes: int,
     in_chans: int,
     attention_mode: str = "residual",
-    branch: Optional[AttentionBranch] = None,
+    map_kernel_size: int = 3,
+    branch_depth: BranchDepth = "full",
 ) -> AttentionBranchNetwork:
-    """The network of a backbone's parts; ``branch`` is given for the ``abn`` head and only for it."""
-    if (branch is not None) != (head == "abn"):
-        raise ValueError(f"the {head!r} head {'needs' if head == 'abn' else 'has no'} attention branch")
-    return AttentionBranchNetwork(
-        features=features,
-        last_stage=last_stage,
-        head=classifier,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        attention_branch=branch,
-        attention_mode=attention_mode,
-        head_name=head,
+    """The ``head`` network of ``backbone``'s parts, initialised. ``head`` is one of :data:`HEADS` (checked by
+    :func:`abn.models.create_model`); the other options apply to the ``abn`` head and are checked here.
+
+    ``baseline``: last stage → the backbone's classifier. ``cam``: last stage (or ``cam_stage``) → GAP + linear.
+    ``abn``: the baseline plus an attention branch on a stride-1 copy of the last stage's first blocks.
+    """
+    check_head_options(attention_mode, map_kernel_size)
+    last_stage, channels = backbone.last_stage, backbone.channels
+    if head == "cam":
+        classifier = None if backbone.cam_stage else backbone.gap_linear
+        if backbone.cam_stage:
+            last_stage, channels = backbone.cam_stage()
+    else:  # the backbone's classifier is built before the branch: the order in which weights are drawn
+        classifier = backbone.classifier() if backbone.classifier else backbone.gap_linear
+    branch = None
+    if head == "abn":
+        blocks = branch_block_count(backbone, branch_depth)
+        branch_channels = backbone.branch_channels(blocks) if backbone.branch_channels else backbone.channels
+        branch = AttentionBranch(backbone.branch_stage(blocks), branch_channels, num_classes, map_kernel_size)
+    if classifier is None:
+        classifier = GapLinearHead(channels, num_classes)
+    network = AttentionBranchNetwork(
+        backbone.features, last_stage, classifier, in_chans, num_classes, branch, attention_mode, head_name=head
     )
+    if backbone.initialise is not None:
+        backbone.initialise(network)
+    elif branch is not None:
+        branch.init_new_layers()
+    return network

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from torch import nn
+from .network import HEADS, AttentionBranchNetwork, Backbone, build_network
 
-from .network import HEADS
 TORCHVISION_PREFIX = "torchvision:"
 
 
@@ -15,7 +16,7 @@ TORCHVISION_PREFIX = "torchvision:"
 class ModelInfo:
     """What the registry knows of an arch besides its builder."""
 
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., Backbone]  # (num_classes, in_chans, [pretrained], family options) → the parts
     input_size: int  # the native input size (32: CIFAR/SVHN, 224: ImageNet)
     pretrained: bool  # whether ``pretrained=True`` can load ImageNet weights
 
@@ -24,7 +25,9 @@ _MODELS: dict[str, ModelInfo] = {}
 
 
 def register_model(name: str, input_size: int = 32, pretrained: bool = False) -> Callable:
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a family builder under ``name``; it returns the backbone's :class:`Backbone` parts."""
+
+    def add(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = ModelInfo(builder, input_size, pretrained)
@@ -86,32 +89,54 @@ def arch_size_note(arch: str, input_size: InputSize) -> Optional[str]:
     return None
 
 
+HEAD_OPTIONS = ("attention_mode", "map_kernel_size", "branch_depth")
+
+
+def family_builder(arch: str, pretrained: bool) -> Callable[..., Backbone]:
+    """The builder of ``arch``'s parts, with a clear error for an unknown name or unavailable weights."""
+    if arch.startswith(TORCHVISION_PREFIX):
+        from .torchvision_abn import torchvision_backbone
+
+        return functools.partial(torchvision_backbone, arch[len(TORCHVISION_PREFIX) :])
+    info = model_info(arch)
+    if pretrained and not info.pretrained:
+        with_weights = [name for name, i in sorted(_MODELS.items()) if i.pretrained]
+        raise ValueError(
+            f"arch {arch!r} has no pretrained weights; pretrained=true applies to {', '.join(with_weights)} "
+            "and to torchvision:<name>"
+        )
+    return info.builder
+
+
+def family_options(builder: Callable[..., Backbone]) -> list[str]:
+    """The options a family builder takes besides the class and channel counts (e.g. ``dropout``, ``split``)."""
+    return [name for name in inspect.signature(builder).parameters if name not in ("num_classes", "in_chans", "pretrained")]
+
+
 def create_model(
     arch: str, head: str = "abn", num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
-) -> nn.Module:
-    """Build ``arch`` as a ``baseline``, ``cam`` or ``abn`` network.
+) -> AttentionBranchNetwork:
+    """Build ``arch`` as a ``baseline``, ``cam`` or ``abn`` network. Its own arguments are checked here, the head
+    options by :func:`~abn.models.network.build_network`.
 
     ``arch`` is a registered name (:func:`list_models`) or ``torchvision:<name>`` with ``split=<module name>``
-    (any torchvision CNN, cut after that module). Extra keyword arguments go to the builder:
-    ``attention_mode="residual"|"multiply"``, ``map_kernel_size=3|1``, ``branch_depth="full"|"light"|n`` and
-    family options such as ``dropout``.
+    (any torchvision CNN, cut after that module). Extra keyword arguments are the head options
+    ``attention_mode="residual"|"multiply"``, ``map_kernel_size=3|1``, ``branch_depth="full"|"light"|n`` and the
+    family's own options such as ``dropout`` or ``width``.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be positive, got {num_classes} and {in_chans}")
-    if arch.startswith(TORCHVISION_PREFIX):
-        from .torchvision_abn import torchvision_abn
-
-        name = arch[len(TORCHVISION_PREFIX) :]
-        return torchvision_abn(name, head=head, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
-    info = model_info(arch)
+    head_options = {key: kwargs.pop(key) for key in HEAD_OPTIONS if key in kwargs}
+    builder = family_builder(arch, pretrained)
+    valid = family_options(builder)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{arch} has no option {', '.join(unknown)}; its options: {', '.join(valid + list(HEAD_OPTIONS))}"
+        )
     if pretrained:
-        if not info.pretrained:
-            with_weights = [name for name, i in sorted(_MODELS.items()) if i.pretrained]
-            raise ValueError(
-                f"arch {arch!r} has no pretrained weights; pretrained=true applies to {', '.join(with_weights)} "
-                "and to torchvision:<name>"
-            )
         kwargs["pretrained"] = True
-    return info.builder(head=head, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    backbone = builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return build_network(backbone, head, num_classes, in_chans, **head_options)

@@ -14,12 +14,13 @@ stage: the attention branch runs a stride-1 copy of it, so a 32×32 input gives 
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Type, Union
 
 from torch import Tensor, nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth
+from .network import Backbone, init_weights
 from .registry import register_model
 
 
@@ -80,16 +81,7 @@ def make_stage(block: Block, in_planes: int, planes: int, num_blocks: int, strid
     return nn.Sequential(*blocks)
 
 
-def cifar_resnet(
-    block: Block,
-    blocks_per_stage: int,
-    head: str = "abn",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+def cifar_resnet(block: Block, blocks_per_stage: int, num_classes: int = 10, in_chans: int = 3) -> Backbone:
     e = block.expansion
     features = nn.Sequential(
         OrderedDict(
@@ -100,37 +92,19 @@ def cifar_resnet(
             layer2=make_stage(block, 16 * e, 32, blocks_per_stage, stride=2),
         )
     )
-    branch = None
-    if head == "abn":
-        stage_copy = make_stage(block, 32 * e, 64, resolve_branch_depth(branch_depth, blocks_per_stage), stride=1)
-        branch = AttentionBranch(stage_copy, 64 * e, num_classes, map_kernel_size)
-    model = assemble(
-        head,
-        features,
+    return Backbone(
+        features=features,
         last_stage=make_stage(block, 32 * e, 64, blocks_per_stage, stride=2),
-        classifier=GapLinearHead(64 * e, num_classes),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        attention_mode=attention_mode,
-        branch=branch,
+        channels=64 * e,
+        branch_stage=lambda blocks: make_stage(block, 32 * e, 64, blocks, stride=1),
+        num_blocks=blocks_per_stage,
+        initialise=init_weights,
     )
-    init_weights(model)
-    return model
 
 
-def _register_basic(depth: int) -> None:
-    def build(**kwargs) -> AttentionBranchNetwork:
-        return cifar_resnet(BasicBlock, (depth - 2) // 6, **kwargs)
-
-    build.__doc__ = f"He et al.'s basic-block ResNet-{depth} for CIFAR ({(depth - 2) // 6} blocks per stage)."
-    register_model(f"resnet{depth}")(build)
-
-
+# He et al.'s basic-block ResNets for CIFAR, depth 6n + 2
 for _depth in (20, 32, 44, 56, 110):
-    _register_basic(_depth)
+    register_model(f"resnet{_depth}")(functools.partial(cifar_resnet, BasicBlock, (_depth - 2) // 6))
 
-
-@register_model("resnet110_bottleneck")
-def resnet110_bottleneck(**kwargs) -> AttentionBranchNetwork:
-    """The official ABN code's "ResNet-110": 18 bottleneck blocks per stage (the 164-layer layout)."""
-    return cifar_resnet(Bottleneck, 18, **kwargs)
+# the official ABN code's "ResNet-110": 18 bottleneck blocks per stage (the 164-layer layout)
+register_model("resnet110_bottleneck")(functools.partial(cifar_resnet, Bottleneck, 18))

@@ -8,27 +8,18 @@ ImageNet weights (the official code's pretrained path fails: it loads strictly w
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 from torch import nn
 
-from .network import (
-    AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, resolve_branch_depth, stride_one_copy
-)
+from .network import Backbone, GapLinearHead, stride_one_copy
 from .pretrained import adapt_first_conv, torchvision_model
 from .registry import register_model
 
 
-def imagenet_resnet(
-    name: str,
-    head: str = "abn",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    pretrained: bool = False,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+def imagenet_resnet(name: str, num_classes: int = 1000, in_chans: int = 3, pretrained: bool = False) -> Backbone:
+    """torchvision's ``name`` split before layer4 (``pretrained=True`` loads its ImageNet weights)."""
     net = torchvision_model(name, pretrained)
     features = nn.Sequential(
         OrderedDict(
@@ -45,21 +36,15 @@ def imagenet_resnet(
     classifier = GapLinearHead(channels, num_classes)
     if num_classes == net.fc.out_features:
         classifier.fc = net.fc
-    branch = None
-    if head == "abn":
-        stage_copy = stride_one_copy(net.layer4[: resolve_branch_depth(branch_depth, len(net.layer4))])
-        branch = AttentionBranch(stage_copy, channels, num_classes, map_kernel_size)
-        branch.init_new_layers()  # the stage copy keeps what was loaded
-    return assemble(head, features, net.layer4, classifier, num_classes, in_chans, attention_mode, branch)
-
-
-def _register(name: str) -> None:
-    def build(**kwargs) -> AttentionBranchNetwork:
-        return imagenet_resnet(name, **kwargs)
-
-    build.__doc__ = f"torchvision's {name} split before layer4 (pretrained=True loads its ImageNet weights)."
-    register_model(name, input_size=224, pretrained=True)(build)
+    return Backbone(
+        features=features,
+        last_stage=net.layer4,
+        channels=channels,
+        branch_stage=lambda blocks: stride_one_copy(net.layer4[:blocks]),  # copied after the weights are loaded
+        num_blocks=len(net.layer4),
+        gap_linear=classifier,
+    )
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    _register(_name)
+    register_model(_name, input_size=224, pretrained=True)(functools.partial(imagenet_resnet, _name))

@@ -9,11 +9,12 @@ BatchNorm although it builds it; the shared :class:`AttentionBranch` applies it 
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth
+from .network import Backbone, init_weights
 from .registry import register_model
 from .resnet_cifar import _shortcut
 
@@ -50,13 +51,9 @@ def resnext(
     cardinality: int = 8,
     widen_factor: int = 4,
     base_channels: int = 64,
-    head: str = "abn",
     num_classes: int = 10,
     in_chans: int = 3,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+) -> Backbone:
     """``base_channels`` (64) is the stem width; stage widths are ``base_channels · widen_factor · (1, 2, 4)``."""
     if depth < 11 or (depth - 2) % 9:
         raise ValueError(f"ResNeXt depth must be 9n+2 with n ≥ 1 (e.g. 29), got {depth}")
@@ -64,7 +61,10 @@ def resnext(
     if cardinality < 1 or widen_factor < 1 or base_channels * widen_factor < 1:
         raise ValueError(f"cardinality, widen_factor and base_channels must be positive, got {cardinality}, {widen_factor}, {base_channels}")
     n = (depth - 2) // 9
-    stage = lambda i, o, blocks, s: resnext_stage(i, o, blocks, s, cardinality, widen_factor)  # noqa: E731
+
+    def stage(in_channels: int, out_channels: int, num_blocks: int, stride: int) -> nn.Sequential:
+        return resnext_stage(in_channels, out_channels, num_blocks, stride, cardinality, widen_factor)
+
     features = nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(in_chans, base_channels, 3, padding=1, bias=False),
@@ -74,25 +74,16 @@ def resnext(
             stage2=stage(widths[0], widths[1], n, 2),
         )
     )
-    branch = None
-    if head == "abn":
-        stage_copy = stage(widths[1], widths[2], resolve_branch_depth(branch_depth, n), 1)
-        branch = AttentionBranch(stage_copy, widths[2], num_classes, map_kernel_size)
-    model = assemble(
-        head, features, stage(widths[1], widths[2], n, 2), GapLinearHead(widths[2], num_classes), num_classes, in_chans,
-        attention_mode, branch
+    return Backbone(
+        features=features,
+        last_stage=stage(widths[1], widths[2], n, 2),
+        channels=widths[2],
+        branch_stage=lambda blocks: stage(widths[1], widths[2], blocks, 1),
+        num_blocks=n,
+        initialise=init_weights,
     )
-    init_weights(model)
-    return model
 
 
-@register_model("resnext29_8x64d")
-def resnext29_8x64d(**kwargs) -> AttentionBranchNetwork:
-    """ResNeXt-29 8×64d (34 M parameters as baseline), as in the ABN paper."""
-    return resnext(**{"depth": 29, "cardinality": 8, **kwargs})
-
-
-@register_model("resnext29_16x64d")
-def resnext29_16x64d(**kwargs) -> AttentionBranchNetwork:
-    """ResNeXt-29 16×64d (68 M parameters as baseline)."""
-    return resnext(**{"depth": 29, "cardinality": 16, **kwargs})
+# ResNeXt-29 8×64d (34 M parameters as baseline, as in the ABN paper) and 16×64d (68 M)
+register_model("resnext29_8x64d")(functools.partial(resnext, depth=29, cardinality=8))
+register_model("resnext29_16x64d")(functools.partial(resnext, depth=29, cardinality=16))

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, stride_one_copy
+from .network import Backbone, stride_one_copy
 from .pretrained import adapt_first_conv, torchvision_model
-from .registry import HEADS
 
 PROBE_SIZE = 64  # input side of the shape-finding forward pass
 GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -130,25 +129,10 @@ def _first_conv_name(net: nn.Module) -> str:
     return next(name for name, m in net.named_modules() if isinstance(m, nn.Conv2d))
 
 
-def torchvision_abn(
-    name: str,
-    head: str = "abn",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    pretrained: bool = False,
-    split: Optional[str] = None,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+def torchvision_backbone(
+    name: str, num_classes: int = 1000, in_chans: int = 3, pretrained: bool = False, split: Optional[str] = None
+) -> Backbone:
     """torchvision model ``name`` cut after module ``split`` (see the module docstring)."""
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
-    if branch_depth != "full":
-        raise ValueError(
-            "branch_depth other than 'full' needs a registered arch (see abn.models.list_models()); "
-            f"torchvision:{name} copies the whole last stage"
-        )
     net = torchvision_model(name, pretrained)
     if in_chans != 3:
         conv_name = _first_conv_name(net)
@@ -178,18 +162,18 @@ def torchvision_abn(
     if graph.clean_after(pool - 1) is not None:
         raise refuse(f"the classifier after split={split!r} reads more than the last stage's output")
 
-    features = graph.submodule(1, cut + 1, graph.nodes[cut])
     last_stage = graph.submodule(cut + 1, pool, stage_output)
-    channels = stage_output.meta["tensor_meta"].shape[1]
-    if head == "cam":
-        classifier: nn.Module = GapLinearHead(channels, num_classes)
-    else:
-        classifier = graph.submodule(pool, len(graph.nodes), graph.nodes[-1])
-        _replace_last_linear(classifier, num_classes, name)
-    branch = None
-    if head == "abn":
-        branch = AttentionBranch(stride_one_copy(last_stage), channels, num_classes, map_kernel_size)
-        branch.init_new_layers()
-    return assemble(head, features, last_stage, classifier, num_classes, in_chans, attention_mode, branch)
 
+    def classifier() -> nn.Module:
+        head = graph.submodule(pool, len(graph.nodes), graph.nodes[-1])
+        _replace_last_linear(head, num_classes, name)
+        return head
 
+    return Backbone(
+        features=graph.submodule(1, cut + 1, graph.nodes[cut]),
+        last_stage=last_stage,
+        channels=stage_output.meta["tensor_meta"].shape[1],
+        branch_stage=lambda _: stride_one_copy(last_stage),
+        num_blocks=None,
+        classifier=classifier,
+    )

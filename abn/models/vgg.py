@@ -11,14 +11,13 @@ convolution to 1024 channels + ReLU, then GAP + linear.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
+from typing import Optional
 
 from torch import nn
 
-from .network import (
-    AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth,
-    stride_one_copy,
-)
+from .network import Backbone, GapLinearHead, init_weights, stride_one_copy
 from .pretrained import adapt_first_conv, torchvision_model
 from .registry import register_model
 
@@ -51,15 +50,10 @@ def conv_units(layers: nn.Sequential) -> list[list[nn.Module]]:
 
 
 def split_vgg(
-    conv_stack: nn.Sequential,
-    classifier: nn.Module,
-    head: str,
-    num_classes: int,
-    in_chans: int,
-    attention_mode: str,
-    map_kernel_size: int,
-    branch_depth: BranchDepth,
-) -> AttentionBranchNetwork:
+    conv_stack: nn.Sequential, in_chans: int, classifier: Optional[nn.Module] = None, gap_linear: Optional[GapLinearHead] = None
+) -> Backbone:
+    """The parts of a VGG cut before pool4 with the baseline's classifier: ``classifier`` (fully connected layers)
+    or ``gap_linear``."""
     pools = [i for i, layer in enumerate(conv_stack) if isinstance(layer, nn.MaxPool2d)]
     if len(pools) != 5:
         raise ValueError(f"a VGG has five max-pools, this layer stack has {len(pools)}")
@@ -68,69 +62,49 @@ def split_vgg(
     channels = [m for m in stage5 if isinstance(m, nn.Conv2d)][-1].out_channels
     features = conv_stack[:pool4]
     features[0] = adapt_first_conv(features[0], in_chans)
-    branch = None
-    if head == "cam":
+    units = conv_units(stage5)
+
+    def branch_stage(kept: int) -> nn.Module:
+        return stride_one_copy(nn.Sequential(*[layer for unit in units[:kept] for layer in unit]))
+
+    def vgg_gap_stage() -> tuple[nn.Module, int]:
+        """The CAM paper's VGG-GAP: pool5 replaced by a 3×3 convolution to 1024 channels + ReLU."""
         extra = nn.Sequential(nn.Conv2d(channels, 1024, 3, padding=1), nn.ReLU(inplace=True))
         init_weights(extra)
-        last_stage = nn.Sequential(OrderedDict(pool4=conv_stack[pool4], stage5=stage5, cam_conv=extra))
-        classifier = GapLinearHead(1024, num_classes)
-    else:
-        last_stage = nn.Sequential(OrderedDict(pool4=conv_stack[pool4], stage5=stage5, pool5=conv_stack[pool5]))
-    if head == "abn":
-        units = conv_units(stage5)
-        kept = units[: resolve_branch_depth(branch_depth, len(units))]
-        stage_copy = stride_one_copy(nn.Sequential(*[layer for unit in kept for layer in unit]))
-        branch = AttentionBranch(stage_copy, channels, num_classes, map_kernel_size)
-        branch.init_new_layers()
-    return assemble(head, features, last_stage, classifier, num_classes, in_chans, attention_mode, branch)
+        return nn.Sequential(OrderedDict(pool4=conv_stack[pool4], stage5=stage5, cam_conv=extra)), 1024
+
+    return Backbone(
+        features=features,
+        last_stage=nn.Sequential(OrderedDict(pool4=conv_stack[pool4], stage5=stage5, pool5=conv_stack[pool5])),
+        channels=channels,
+        branch_stage=branch_stage,
+        num_blocks=len(units),
+        classifier=(lambda: classifier) if classifier is not None else None,
+        gap_linear=gap_linear,
+        cam_stage=vgg_gap_stage,
+    )
 
 
 @register_model("vgg16_bn_cifar")
-def vgg16_bn_cifar(
-    head: str = "abn",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-    width: int = 64,
-) -> AttentionBranchNetwork:
+def vgg16_bn_cifar(num_classes: int = 10, in_chans: int = 3, width: int = 64) -> Backbone:
     """VGG-16 with BatchNorm for 32×32 inputs; the baseline head is GAP + linear (pool5 leaves 1×1).
 
     ``width`` scales every layer (64 is the standard network)."""
     layout = tuple(item if item == "M" else item * width // 64 for item in VGG16_LAYOUT)
     conv_stack = conv_layers(layout, 3, batch_norm=True)
     init_weights(conv_stack)
-    return split_vgg(
-        conv_stack, GapLinearHead(layout[-2], num_classes), head, num_classes, in_chans, attention_mode, map_kernel_size, branch_depth
-    )
+    return split_vgg(conv_stack, in_chans, gap_linear=GapLinearHead(layout[-2], num_classes))
 
 
-def imagenet_vgg(
-    name: str,
-    head: str = "abn",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    pretrained: bool = False,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+def imagenet_vgg(name: str, num_classes: int = 1000, in_chans: int = 3, pretrained: bool = False) -> Backbone:
+    """torchvision's ``name`` split before pool4 (``pretrained=True`` loads its ImageNet weights)."""
     net = torchvision_model(name, pretrained)
     last = net.classifier[-1]
     if last.out_features != num_classes:
         net.classifier[-1] = nn.Linear(last.in_features, num_classes)
     classifier = nn.Sequential(OrderedDict(avgpool=net.avgpool, flatten=nn.Flatten(1), classifier=net.classifier))
-    return split_vgg(net.features, classifier, head, num_classes, in_chans, attention_mode, map_kernel_size, branch_depth)
-
-
-def _register(name: str) -> None:
-    def build(**kwargs) -> AttentionBranchNetwork:
-        return imagenet_vgg(name, **kwargs)
-
-    build.__doc__ = f"torchvision's {name} split before pool4 (pretrained=True loads its ImageNet weights)."
-    register_model(name, input_size=224, pretrained=True)(build)
+    return split_vgg(net.features, in_chans, classifier)
 
 
 for _name in ("vgg16", "vgg16_bn", "vgg19", "vgg19_bn"):
-    _register(_name)
+    register_model(_name, input_size=224, pretrained=True)(functools.partial(imagenet_vgg, _name))

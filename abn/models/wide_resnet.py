@@ -7,12 +7,13 @@ of it (map 16×16 on 32×32 inputs); the perception branch ends with BN → ReLU
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .network import AttentionBranch, AttentionBranchNetwork, BranchDepth, GapLinearHead, assemble, init_weights, resolve_branch_depth
+from .network import Backbone, init_weights
 from .registry import register_model
 
 
@@ -45,17 +46,15 @@ def wide_group(in_planes: int, planes: int, num_blocks: int, stride: int, dropou
     return nn.Sequential(*blocks)
 
 
+def init_wide_resnet(network: nn.Module) -> None:
+    """He-normal convolutions, unit BatchNorm and a zero classifier bias, as the official code initialises."""
+    init_weights(network)
+    nn.init.zeros_(network.head.fc.bias)
+
+
 def wide_resnet(
-    depth: int = 28,
-    widen_factor: int = 10,
-    dropout: float = 0.3,
-    head: str = "abn",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    attention_mode: str = "residual",
-    map_kernel_size: int = 3,
-    branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+    depth: int = 28, widen_factor: int = 10, dropout: float = 0.3, num_classes: int = 10, in_chans: int = 3
+) -> Backbone:
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"Wide ResNet depth must be 6n+4 with n ≥ 1 (e.g. 16, 28, 40), got {depth}")
     if widen_factor < 1 or not 0 <= dropout < 1:
@@ -69,29 +68,19 @@ def wide_resnet(
             block2=wide_group(widths[0], widths[1], n, 2, dropout),
         )
     )
-    branch = None
-    if head == "abn":
-        stage_copy = wide_group(widths[1], widths[2], resolve_branch_depth(branch_depth, n), 1, dropout)
-        branch = AttentionBranch(stage_copy, widths[2], num_classes, map_kernel_size)
     last_stage = nn.Sequential(
         OrderedDict(block3=wide_group(widths[1], widths[2], n, 2, dropout), bn=nn.BatchNorm2d(widths[2]), relu=nn.ReLU(inplace=True))
     )
-    model = assemble(
-        head, features, last_stage, GapLinearHead(widths[2], num_classes), num_classes, in_chans,
-        attention_mode, branch
+    return Backbone(
+        features=features,
+        last_stage=last_stage,
+        channels=widths[2],
+        branch_stage=lambda blocks: wide_group(widths[1], widths[2], blocks, 1, dropout),
+        num_blocks=n,
+        initialise=init_wide_resnet,
     )
-    init_weights(model)
-    nn.init.zeros_(model.head.fc.bias)
-    return model
 
 
-def _register(depth: int, widen_factor: int) -> None:
-    def build(**kwargs) -> AttentionBranchNetwork:
-        return wide_resnet(**{"depth": depth, "widen_factor": widen_factor, "dropout": 0.3, **kwargs})
-
-    build.__doc__ = f"WRN-{depth}-{widen_factor} with dropout 0.3 (change with dropout=…)."
-    register_model(f"wrn{depth}_{widen_factor}")(build)
-
-
+# WRN-depth-k with dropout 0.3 (change with dropout=…)
 for _depth, _width in ((16, 8), (28, 10), (40, 4)):
-    _register(_depth, _width)
+    register_model(f"wrn{_depth}_{_width}")(functools.partial(wide_resnet, depth=_depth, widen_factor=_width, dropout=0.3))

@@ -11,8 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from torchvision import transforms
 
 import abn.module
-from abn.data.celeba import ATTRIBUTE_FILE, ATTRIBUTE_NAMES, PARTITION_FILE, CelebADataModule, write_standin_celeba
+from abn.data.celeba import ATTRIBUTE_FILE, ATTRIBUTE_NAMES, PARTITION_FILE, CelebADataModule
 from abn.data.images import UnreadableImageError, load_image
+from abn.data.standins import write_standin_celeba
 from abn.module import ABNModule
 from abn.train import train
 

@@ -13,9 +13,10 @@ from torchvision import datasets
 
 from abn.data.cluttered import ClutteredFashionMNISTDataModule, draw_cluttered
 from abn.data.fashion_mnist import IDX_FILES, SYSTEM_COPIES, raw_folder
+from abn.data.standins import write_idx
 from abn.train import train
 
-from ..conftest import compose_train_config, write_idx
+from ..conftest import compose_train_config
 
 TRAIN_IMAGES, TEST_IMAGES = 60, 20
 

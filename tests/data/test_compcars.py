@@ -10,13 +10,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torchvision import transforms
 
-import abn.train
-from abn.data.compcars import HOMEPAGE, CompCarsDataModule, Letterbox, crop_box, write_standin_compcars
+from abn.data.compcars import HOMEPAGE, CompCarsDataModule, Letterbox, crop_box
 from abn.data.images import UnreadableImageError, load_image
+from abn.data.standins import write_standin_compcars
 from abn.module import ABNModule
 from abn.train import train
 
-from ..conftest import compose_train_config
+from ..conftest import compose_train_config, record_instantiated
 
 CARS = ((1, 3), (1, 7), (2, 12))  # model ids with gaps; two makes
 
@@ -288,13 +288,7 @@ def test_fast_dev_run_through_hydra_gives_the_model_the_class_count(standin, tmp
     ]
     cfg = compose_train_config(tmp_path, overrides)
     assert cfg.data.num_classes is None
-    built = []
-
-    def recording_instantiate(*args, **kwargs):
-        built.append(instantiate(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(abn.train, "instantiate", recording_instantiate)
+    built = record_instantiated(monkeypatch)
     try:
         metrics = train(cfg)
     finally:

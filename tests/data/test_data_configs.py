@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 import abn.config
+from abn.checkpoints import training_data_config
 from abn.config import available_cores, config_dir
-from abn.explain.run import training_data_config
 
 from ..conftest import compose_train_config
 
@@ -27,6 +29,19 @@ def _clear_hydra():
 def test_loader_workers_are_at_most_the_available_cores(tmp_path: Path, name: str):
     cfg = compose_train_config(tmp_path, [f"data={name}"])
     assert 0 <= cfg.data.num_workers <= available_cores()
+
+
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_the_class_count_is_the_data_modules_own(tmp_path: Path, name: str):
+    """A config's num_classes is its module's default: the data set's constant (CIFAR-100's 100), or null where the
+    files decide; a data set of a fixed count refuses another."""
+    cfg = compose_train_config(tmp_path, [f"data={name}"])
+    module_class = get_class(cfg.data._target_)
+    assert cfg.data.num_classes == inspect.signature(module_class).parameters["num_classes"].default
+    if module_class.fixed_num_classes is not None:
+        assert cfg.data.num_classes == module_class.fixed_num_classes
+        with pytest.raises(ValueError, match=f"has {module_class.fixed_num_classes} classes"):
+            module_class(num_classes=module_class.fixed_num_classes + 1)
 
 
 def test_the_configured_workers_are_kept_below_the_core_count(tmp_path: Path, monkeypatch):

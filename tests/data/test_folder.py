@@ -11,9 +11,10 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from abn.data import FolderDataModule
+from abn.module import ABNModule
 from abn.train import train
 
-from ..conftest import compose_train_config
+from ..conftest import compose_train_config, record_instantiated
 
 
 def write_class_folders(root: Path, counts: dict[str, int], modes: tuple[str, ...] = ("RGB",), size=(40, 36)) -> None:
@@ -128,7 +129,7 @@ def test_checkpoint_of_other_classes_is_refused(tmp_path: Path):
         dm.load_state_dict({"classes": ["b", "a"]})
 
 
-def test_abn_train_takes_the_class_count_from_the_folders(tmp_path: Path):
+def test_abn_train_takes_the_class_count_from_the_folders(tmp_path: Path, monkeypatch):
     write_class_folders(tmp_path / "images", {"a": 6, "b": 6, "c": 6}, modes=("RGB", "L"))
     cfg = compose_train_config(tmp_path, [
         "data=folder", f"data.root={tmp_path / 'images'}", "data.image_size=32", "data.resize_only=true",
@@ -136,9 +137,11 @@ def test_abn_train_takes_the_class_count_from_the_folders(tmp_path: Path):
         "logger=none", "callbacks=none",
     ])
     assert cfg.data.num_classes is None
+    built = record_instantiated(monkeypatch)
     metrics = train(cfg)
     GlobalHydra.instance().clear()
-    assert cfg.model.num_classes == 3 and "test/acc" in metrics
+    model = next(obj for obj in built if isinstance(obj, ABNModule))  # handed the count; the config is left as it is
+    assert model.hparams.num_classes == 3 and "test/acc" in metrics
 
 
 def test_checkpoint_keeps_the_class_names_and_resuming_on_other_classes_is_refused(tmp_path: Path):

@@ -15,9 +15,10 @@ from PIL import Image
 from torchvision.datasets import imagenet as tv_imagenet
 
 from abn.data import ImageNetDataModule
+from abn.module import ABNModule
 from abn.train import train
 
-from ..conftest import compose_train_config
+from ..conftest import compose_train_config, record_instantiated
 from ..scripts.conftest import load_script
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -165,16 +166,18 @@ def test_corrupt_training_image_is_skipped_and_counted(tmp_path: Path):
         next(iter(strict.train_dataloader()))
 
 
-def test_fast_dev_run_through_hydra(tmp_path: Path):
+def test_fast_dev_run_through_hydra(tmp_path: Path, monkeypatch):
     write_image_folders(tmp_path / "imagenet", WNIDS, per_class=2)
     cfg = compose_train_config(tmp_path, [
         "data=imagenet", f"data.root={tmp_path / 'imagenet'}", "data.num_classes=null", "data.image_size=32",
         "data.resize_size=36", "data.num_workers=0", "data.batch_size=3", "data.pin_memory=false",
         "model.arch=resnet20", "trainer=cpu", "trainer.fast_dev_run=true", "logger=none", "callbacks=none",
     ])
+    built = record_instantiated(monkeypatch)
     metrics = train(cfg)
     GlobalHydra.instance().clear()
-    assert cfg.model.num_classes == 3 and "test/acc" in metrics
+    model = next(obj for obj in built if isinstance(obj, ABNModule))  # handed the count; the config is left as it is
+    assert model.hparams.num_classes == 3 and "test/acc" in metrics
 
 
 # scripts/imagenet_val_folders.py

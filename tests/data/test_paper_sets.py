@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.io
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from abn.data import CIFAR10DataModule, CIFAR100DataModule, SVHNDataModule
+from abn.data.standins import write_standin_cifar, write_standin_svhn
 from abn.train import train
 
 from ..conftest import compose_train_config
 
 
-def write_cifar(root: Path, hundred: bool, per_batch: int = 6, test_size: int = 5) -> None:
-    """The python-pickle layout of cifar-10-batches-py / cifar-100-python."""
-    rng = np.random.default_rng(0)
-    key = "fine_labels" if hundred else "labels"
-    classes = 100 if hundred else 10
-    if hundred:
-        folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
-        meta_name, meta = "meta", {"fine_label_names": [f"c{i}" for i in range(100)]}
-    else:
-        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
-        meta_name, meta = "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}
-    folder.mkdir(parents=True)
-    for name in train_files + test_files:
-        n = test_size if name in test_files else per_batch
-        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: rng.integers(0, classes, n).tolist()}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / meta_name).write_bytes(pickle.dumps(meta))
+def write_cifar(root: Path, hundred: bool) -> None:
+    """A tiny CIFAR: six training images per file (CIFAR-10 has five files, CIFAR-100 one), five test images."""
+    write_standin_cifar(root, hundred, train_per_file=6, test=5)
 
 
 @pytest.mark.parametrize("hundred", [False, True])
@@ -76,12 +60,8 @@ def test_cifar_wrong_class_count_is_refused():
 
 
 def write_svhn(root: Path, split: str, n: int) -> None:
-    rng = np.random.default_rng(len(split))
-    folder = root / "svhn"
-    folder.mkdir(parents=True, exist_ok=True)
-    images = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-    labels = rng.integers(1, 11, (n, 1))  # SVHN stores the digit 0 as label 10
-    scipy.io.savemat(folder / f"{split}_32x32.mat", {"X": images, "y": labels})
+    """One split of ``n`` images, random pixels of its own (seeded by the split's name)."""
+    write_standin_svhn(root, {split: n}, seed=len(split))
 
 
 @pytest.mark.parametrize("use_extra", [False, True])

@@ -99,10 +99,13 @@ def test_targets_default_to_the_prediction_and_can_be_chosen(images):
                                explain(net, images, "gradcam", targets=torch.full((3,), 2), raw=True))
 
 
-def test_cam_is_the_heads_class_activation_map(images):
+def test_cam_is_the_weighted_sum_of_the_heads_feature_maps(images):
     net = tiny("cam").eval()
     targets = torch.tensor([0, 3, 4])
-    expected = net.class_activation_map(images, targets)
+    with torch.no_grad():
+        feature_map = net.last_stage(net.features(images))  # no attention branch between them in a cam network
+    fc = net.head.fc  # Σ_k w_k^c A^k + b_c
+    expected = torch.einsum("bk,bkhw->bhw", fc.weight[targets], feature_map) + fc.bias[targets][:, None, None]
     torch.testing.assert_close(explain(net, images, "cam", targets=targets, raw=True), expected)
     # its spatial mean is the class score
     torch.testing.assert_close(expected.mean(dim=(1, 2)), net(images).logits.gather(1, targets[:, None])[:, 0])

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torchvision
 
+from abn.explain import explain
 from abn.models import create_model
 
 OFFICIAL_ABN_PARAMETERS = {
@@ -68,7 +69,7 @@ def test_vgg_cam_head_is_vgg_gap():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         logits = model(x).logits
-    cam = model.class_activation_map(x, torch.tensor([1, 2]))
+    cam = explain(model, x, "cam", targets=torch.tensor([1, 2]), raw=True)
     assert cam.shape == (2, 4, 4)
     torch.testing.assert_close(cam.mean(dim=(1, 2)), logits[torch.arange(2), torch.tensor([1, 2])])
 

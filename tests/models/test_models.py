@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from abn.models import HEADS, ABNOutput, AttentionBranchNetwork, create_model, list_models, model_info
+from abn.explain import explain
+from abn.models import HEADS, ABNOutput, AttentionBranchNetwork, Backbone, build_network, create_model, list_models, model_info
 
 ARCHS = list_models()
 # Narrower or shallower versions of the big models, for the tests that run backward (builder options).
@@ -136,7 +137,7 @@ def test_class_activation_map_averages_to_the_class_score(head):
     target = torch.tensor([0, 5, 2, 2])
     with torch.no_grad():
         logits = model(x).logits
-    cam = model.class_activation_map(x, target)
+    cam = explain(model, x, "cam", targets=target, raw=True)
     assert cam.shape == (4, 8, 8)
     torch.testing.assert_close(cam.mean(dim=(1, 2)), logits[torch.arange(4), target])
 
@@ -190,5 +191,44 @@ def test_wrong_channel_count_is_a_clear_error():
 def test_cam_needs_a_gap_linear_head():
     model = create_model("resnet20", head="cam")
     model.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
-    with pytest.raises(ValueError, match="CAM does not apply"):
-        model.class_activation_map(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="'cam' does not apply .*GAP \\+ linear head"):
+        explain(model, torch.randn(1, 3, 32, 32), "cam", raw=True)
+
+
+def test_unknown_family_options_name_the_valid_ones():
+    with pytest.raises(ValueError, match="resnet20 has no option dropout; its options: attention_mode, map_kernel_size"):
+        create_model("resnet20", dropout=0.1)
+    with pytest.raises(ValueError, match="wrn16_8 has no option width; its options: depth, widen_factor, dropout"):
+        create_model("wrn16_8", width=16)
+
+
+def tiny_backbone(num_classes: int, in_chans: int) -> Backbone:
+    """A two-block backbone written as a new family would be: its parts only, nothing about heads."""
+
+    def stage(blocks: int, stride: int) -> torch.nn.Sequential:
+        return torch.nn.Sequential(
+            *[torch.nn.Conv2d(8, 8, 3, stride=stride if i == 0 else 1, padding=1) for i in range(blocks)]
+        )
+
+    features = torch.nn.Sequential(torch.nn.Conv2d(in_chans, 8, 3, padding=1), torch.nn.ReLU())
+    return Backbone(features, stage(2, 2), channels=8, branch_stage=lambda blocks: stage(blocks, 1), num_blocks=2)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_build_network_gives_every_head_of_a_new_backbone(head):
+    net = build_network(tiny_backbone(4, 1), head, num_classes=4, in_chans=1, branch_depth="light").eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, 16, 16))
+    assert out.logits.shape == (2, 4) and net.head_name == head
+    if head == "abn":
+        assert out.attention.shape == (2, 1, 16, 16) and out.att_logits.shape == (2, 4)  # the features' resolution
+        assert len(net.attention_branch.stage) == 1  # light: one block of the last stage
+    else:
+        assert out.attention is None and net.attention_branch is None
+
+
+def test_build_network_checks_the_head_options():
+    with pytest.raises(ValueError, match="residual, multiply"):
+        build_network(tiny_backbone(4, 3), "abn", 4, 3, attention_mode="add")
+    with pytest.raises(ValueError, match="block count from 1 to 2"):
+        build_network(tiny_backbone(4, 3), "abn", 4, 3, branch_depth=3)

@@ -7,12 +7,13 @@ from tests.scripts.conftest import load_script
 
 def test_trains_three_heads_explains_each_and_writes_both_tables(tmp_path):
     script = load_script("compare_explanations")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{script.TABLE_START}\nold table\n{script.TABLE_END}\nrest\n")
-    script.README, script.ROOT_DOCS = readme, tmp_path / "docs"
+    assert script.PAGE == script.ROOT / "docs" / "results.md" and script.TABLE_START in script.PAGE.read_text()
+    page = tmp_path / "results.md"
+    page.write_text(f"intro\n{script.TABLE_START}\nold table\n{script.TABLE_END}\nrest\n")
+    script.PAGE, script.ROOT_DOCS = page, tmp_path / "docs"
     args = ["--out", str(tmp_path / "out"), "--data", "shapes", "--epochs", "1", "--images", "8", "--batch-size", "8",
             "--steps", "2", "--cpu", "--train-override", "data.train_size=32", "--train-override", "data.val_size=16",
-            "--train-override", "data.test_size=8", "--train-override", "logger=none", "--update-readme"]
+            "--train-override", "data.test_size=8", "--train-override", "logger=none", "--update-docs"]
     table = script.main(args)
 
     rows = [line for line in table.splitlines() if line.startswith("| shapes |")]
@@ -24,7 +25,7 @@ def test_trains_three_heads_explains_each_and_writes_both_tables(tmp_path):
     assert all("%" in row.split("|")[3] for row in main_rows)  # accuracy per head
     depth_rows = [row for row in rows if row.count("|") == 9]
     assert len(depth_rows) == 3  # Grad-CAM vs Relevance-CAM at three depths, per head
-    text = readme.read_text()
+    text = page.read_text()
     assert "old table" not in text and table in text and text.endswith("rest\n")
     assert (tmp_path / "docs" / "explanations_shapes.png").is_file()
     assert (tmp_path / "out" / "comparison.md").read_text().strip() == table.strip()

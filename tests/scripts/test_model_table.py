@@ -1,4 +1,4 @@
-"""scripts/model_table.py: the README's model table comes from real counts."""
+"""scripts/model_table.py: the model table of docs/models.md comes from real counts."""
 
 from __future__ import annotations
 
@@ -21,19 +21,25 @@ def test_counts_are_the_networks_own():
     assert macs > 2 * base_macs  # the branch runs the last stage at twice the resolution: 4× its MACs
 
 
-def test_table_rows_and_readme_update(tmp_path, monkeypatch):
+def test_table_rows_and_page_update(tmp_path, monkeypatch):
     markdown = model_table.table(["resnet20"])
     row = markdown.splitlines()[-1]
     assert row.startswith("| resnet20 | 32×32 | 16×16 | 0.27 M |") and "+76 %" in row
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{model_table.START}\nold table\n{model_table.END}\nrest\n")
-    monkeypatch.setattr(model_table, "README", readme)
-    model_table.update_readme(markdown)
-    text = readme.read_text()
+    page = tmp_path / "models.md"
+    page.write_text(f"intro\n{model_table.START}\nold table\n{model_table.END}\nrest\n")
+    monkeypatch.setattr(model_table, "PAGE", page)
+    model_table.update_page(markdown)
+    text = page.read_text()
     assert "old table" not in text and row in text and text.startswith("intro\n") and text.endswith("rest\n")
-    readme.write_text("no markers")
+    page.write_text("no markers")
     with pytest.raises(SystemExit, match="lacks the markers"):
-        model_table.update_readme(markdown)
+        model_table.update_page(markdown)
+
+
+def test_the_table_is_written_into_the_models_page():
+    assert model_table.PAGE.parts[-2:] == ("docs", "models.md")
+    text = model_table.PAGE.read_text()
+    assert model_table.START in text and model_table.END in text
 
 
 def test_order_is_by_family_then_depth():
@@ -42,7 +48,7 @@ def test_order_is_by_family_then_depth():
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "densenet_bc100", "vgg16_bn_cifar"])
-def test_readme_table_is_the_scripts_output(arch):
-    """The README's rows are what the script prints now (rerun `scripts/model_table.py --update-readme`)."""
+def test_docs_table_is_the_scripts_output(arch):
+    """The rows of docs/models.md are what the script prints now (rerun `scripts/model_table.py --update-docs`)."""
     row = model_table.table([arch]).splitlines()[-1]
-    assert row in model_table.README.read_text()
+    assert row in model_table.PAGE.read_text()

@@ -1,0 +1,82 @@
+"""abn.checkpoints: a run written before the issue-13 refactor still loads, explains and passes the resume check;
+the errors for checkpoints that cannot."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import abn.explain.run as explain_cli
+from abn.checkpoints import check_resume_checkpoint, load_network, read_checkpoint, training_data_config
+from abn.explain import METHODS
+from abn.module import ABNModule
+from abn.train import train
+
+from .conftest import compose_train_config, run_cli
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_before_issue13"
+
+
+@pytest.fixture
+def old_run(tmp_path: Path) -> Path:
+    """A copy of the fixture's run folder (resnet20 ABN on the embedded shapes, 8 classes), so nothing writes into
+    the repository."""
+    run = tmp_path / "old_run"
+    shutil.copytree(FIXTURE, run)
+    return run
+
+
+def test_an_old_checkpoint_loads_as_the_network_it_was(old_run):
+    net = load_network(str(old_run / "checkpoints" / "last.ckpt"), torch.device("cpu"))
+    saved = torch.load(old_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (net.head_name, net.num_classes, net.in_chans) == ("abn", 8, 3)
+    assert not net.training
+    weights = {f"net.{key}": value for key, value in net.state_dict().items()}
+    assert weights.keys() == saved["state_dict"].keys()
+    for key, value in weights.items():
+        assert torch.equal(value, saved["state_dict"][key]), key
+    assert training_data_config(str(old_run / "checkpoints" / "last.ckpt")).num_classes == 8
+
+
+def test_abn_explain_explains_an_old_checkpoint(old_run, tmp_path, monkeypatch, capsys):
+    checkpoint = old_run / "checkpoints" / "last.ckpt"
+    run_cli(explain_cli.main, [f"ckpt_path={checkpoint}", "num_batches=1", "batch_size=8", "metrics.deletion_steps=2"],
+            tmp_path, monkeypatch, capsys)
+    (table,) = tmp_path.glob("logs/explain/runs/*/metrics.csv")
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["method"] for row in rows] == list(METHODS)  # an ABN: every method applies
+    assert all(0.0 <= float(row["deletion_auc"]) <= 1.0 for row in rows)
+    assert "test split, 8 images" in (table.parent / "metrics.md").read_text()
+
+
+def test_an_old_checkpoint_passes_the_resume_check(old_run, tmp_path):
+    """The model abn-train builds today from the run's own settings is the model the checkpoint holds."""
+    checkpoint = old_run / "checkpoints" / "last.ckpt"
+    overrides = [str(o) for o in OmegaConf.load(old_run / ".hydra" / "overrides.yaml")]
+    cfg = compose_train_config(tmp_path, [*overrides, f"ckpt_path={checkpoint}", "train=false", "test=false",
+                                          "logger=none", "callbacks=none"])
+    GlobalHydra.instance().clear()
+    assert "test/acc" not in train(cfg)  # check_resume_checkpoint ran and raised nothing; no fit, no test
+    check_resume_checkpoint(str(checkpoint), ABNModule(arch="resnet20", head="abn", num_classes=8))
+    with pytest.raises(ValueError, match="another model .*num_classes: checkpoint 8 vs config 5"):
+        check_resume_checkpoint(str(checkpoint), ABNModule(arch="resnet20", head="abn", num_classes=5))
+
+
+def test_unreadable_and_missing_checkpoints_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist; give the path"):
+        check_resume_checkpoint(str(tmp_path / "missing.ckpt"), ABNModule(arch="resnet20", head="abn", num_classes=8))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable Lightning checkpoint"):
+        read_checkpoint(str(garbage), "give another")
+    listed = tmp_path / "list.ckpt"
+    torch.save([1, 2], listed)
+    with pytest.raises(ValueError, match="not a readable Lightning checkpoint \\(it holds a list\\)"):
+        load_network(str(listed), torch.device("cpu"))
