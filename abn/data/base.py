@@ -20,7 +20,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 InputSize = Union[int, Sequence[int]]  # a side in pixels, or (height, width)
-_RANDOM_HFLIP = v2.RandomHorizontalFlip()
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -178,7 +177,12 @@ def check_not_empty(name: str, dataset: Dataset, where: str) -> None:
 
 def random_hflip_with_box(image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
     """Mirror an image (C×H×W) and its box (x0, y0, x1, y1; x1/y1 exclusive) together, with probability 1/2: the
-    box becomes (W − x1, y0, W − x0, y1). Returns plain tensors, the box in the shape and dtype it came in."""
+    box becomes (W − x1, y0, W − x0, y1). Returns plain tensors, the box in the shape and dtype it came in.
+
+    The coin is drawn here and torchvision's functional flips run only on heads: about half the cost per sample of
+    ``v2.RandomHorizontalFlip``, with the same draw and the same results."""
+    if torch.rand(1) >= 0.5:
+        return image, box
     boxes = tv_tensors.BoundingBoxes(box, format="XYXY", canvas_size=tuple(image.shape[-2:]))
-    image, boxes = _RANDOM_HFLIP(image, boxes)
-    return image, boxes.as_subclass(Tensor).reshape(box.shape)
+    flipped = v2.functional.horizontal_flip(boxes).as_subclass(Tensor).reshape(box.shape)
+    return v2.functional.horizontal_flip(image), flipped
