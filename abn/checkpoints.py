@@ -36,9 +36,15 @@ def read_checkpoint(path: str, fix: str) -> dict[str, Any]:
     return saved
 
 
-def check_resume_checkpoint(path: str, model: L.LightningModule) -> None:
-    """Fail early, and say why, when ``ckpt_path`` is missing, unreadable or of another model."""
-    saved = read_checkpoint(path, RESUME_FIX).get("hyper_parameters") or {}
+def check_resume_checkpoint(path: str, model: L.LightningModule, training: bool = True) -> None:
+    """Fail early, and say why, when ``ckpt_path`` is missing, unreadable, of another model or, when training is to
+    continue from it, holds the weights only."""
+    checkpoint = read_checkpoint(path, RESUME_FIX)
+    if training and "optimizer_states" not in checkpoint:
+        raise ValueError(f"ckpt_path={path} holds the weights only (no optimizer state, as a checkpoint saved with "
+                         "save_weights_only), so training cannot continue from it; resume from a full checkpoint "
+                         f"such as the run's last.ckpt, or explain it with abn-explain ckpt_path={path}")
+    saved = checkpoint.get("hyper_parameters") or {}
 
     def identity(hparams: Any, key: str) -> Any:
         value = hparams.get(key)

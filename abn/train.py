@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if cfg.get("ckpt_path"):
-        check_resume_checkpoint(cfg.ckpt_path, model)
+        check_resume_checkpoint(cfg.ckpt_path, model, training=cfg.get("train", True))
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = final_metrics(trainer)

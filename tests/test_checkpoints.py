@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import abn.explain.run as explain_cli
+import abn.train as train_cli
 from abn.checkpoints import check_resume_checkpoint, load_network, read_checkpoint, training_data_config
 from abn.explain import METHODS
 from abn.module import ABNModule
@@ -64,9 +65,23 @@ def test_an_old_checkpoint_passes_the_resume_check(old_run, tmp_path):
                                           "logger=none", "callbacks=none"])
     GlobalHydra.instance().clear()
     assert "test/acc" not in train(cfg)  # check_resume_checkpoint ran and raised nothing; no fit, no test
-    check_resume_checkpoint(str(checkpoint), ABNModule(arch="resnet20", head="abn", num_classes=8))
+    check_resume_checkpoint(str(checkpoint), ABNModule(arch="resnet20", head="abn", num_classes=8), training=False)
     with pytest.raises(ValueError, match="another model .*num_classes: checkpoint 8 vs config 5"):
-        check_resume_checkpoint(str(checkpoint), ABNModule(arch="resnet20", head="abn", num_classes=5))
+        check_resume_checkpoint(str(checkpoint), ABNModule(arch="resnet20", head="abn", num_classes=5),
+                                training=False)
+
+
+def test_training_cannot_continue_from_weights_only(old_run, tmp_path, monkeypatch, capsys):
+    """The fixture holds no optimizer state (see tests/fixtures/README.md): abn-train names that instead of
+    Lightning's KeyError traceback; the checkpoint is untouched and the run's earlier settings are kept."""
+    checkpoint = (old_run / "checkpoints" / "last.ckpt").read_bytes()
+    settings = {path.name: path.read_bytes() for path in (old_run / ".hydra").iterdir()}
+    code, out, err = run_cli(train_cli.main, ["ckpt_path=checkpoints/last.ckpt"], old_run, monkeypatch, capsys,
+                             expect_success=False)
+    assert code != 0 and "holds the weights only" in out + err and "Traceback" not in out + err
+    assert (old_run / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
+    (kept,) = (old_run / ".hydra" / "previous").iterdir()
+    assert {path.name: path.read_bytes() for path in kept.iterdir()} == settings
 
 
 def test_unreadable_and_missing_checkpoints_are_named(tmp_path):
