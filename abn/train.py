@@ -17,7 +17,6 @@ from typing import Any, Optional
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.fabric.utilities.logger import _flatten_dict
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -43,14 +42,26 @@ def instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def flat_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"optimizer": {"lr": 0.1}}}`` as ``{"model.optimizer.lr": 0.1}``, without the SKIPPED_HPARAMS."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key in SKIPPED_HPARAMS:
+            continue
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def hyperparameters(cfg: DictConfig, facts: DataFacts) -> dict[str, Any]:
     """``seed`` and the ``model``, ``data`` and ``trainer`` settings as the run used them (with the data's class count,
-    task and arch) for TensorBoard's HPARAMS tab, flat as ``section.key``: Lightning's flattening, with ``.`` instead
-    of its ``/``; the logger writes values that are not numbers, strings or booleans as text."""
+    task and arch) for TensorBoard's HPARAMS tab, flat as ``section.key``; the logger writes values that are not
+    numbers, strings or booleans as text."""
     sections = {name: OmegaConf.to_container(cfg[name], resolve=True)
                 for name in HPARAM_SECTIONS if isinstance(cfg.get(name), DictConfig)}
-    flat = _flatten_dict({"seed": cfg.get("seed"), **facts.settle(sections)}, delimiter=".")
-    return {key: value for key, value in flat.items() if key.rsplit(".", 1)[-1] not in SKIPPED_HPARAMS}
+    return flat_settings({"seed": cfg.get("seed"), **facts.settle(sections)})
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:

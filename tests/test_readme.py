@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 import abn.explain.run as explain_cli
 import abn.train as train_cli
 from abn.config import config_dir
+from abn.data.standins import write_standin_cifar, write_standin_svhn
 
 from .conftest import make_fashion_mnist, run_cli
 from .data.test_imagenet import WNIDS, write_image_folders
-from .data.test_paper_sets import write_cifar, write_svhn
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -133,10 +133,9 @@ def data_dir(tmp_path_factory) -> Path:
     """Tiny copies, in their real formats, of every data set the commands use."""
     root = tmp_path_factory.mktemp("data")
     make_fashion_mnist(root / "FashionMNIST" / "raw", compress=False)
-    write_cifar(root, hundred=False)
-    write_cifar(root, hundred=True)
-    write_svhn(root, "train", 8)
-    write_svhn(root, "test", 4)
+    write_standin_cifar(root, hundred=False, train_per_file=6, test=5)
+    write_standin_cifar(root, hundred=True, train_per_file=6, test=5)
+    write_standin_svhn(root, {"train": 8, "test": 4})
     # six classes: the ImageNet experiments log top-5 accuracy
     write_image_folders(root / "imagenet", [*WNIDS, "n01491361", "n01494475", "n01496331"], per_class=1)
     write_image_folders(root / "images", ["cat", "dog"], per_class=3)

@@ -188,7 +188,8 @@ def test_resume_checks_the_checkpoint_first(tmp_path):
 def test_resume_accepts_a_checkpoint_written_before_the_model_options_existed(tmp_path):
     """Checkpoints of the first release hold no split, branch_depth or model_kwargs: they mean None, full, {}."""
     old = tmp_path / "old.ckpt"
-    torch.save({"hyper_parameters": {"arch": "resnet20", "head": "abn", "num_classes": 3, "in_chans": 3}}, old)
+    torch.save({"hyper_parameters": {"arch": "resnet20", "head": "abn", "num_classes": 3, "in_chans": 3},
+                "optimizer_states": [{}]}, old)
     check_resume_checkpoint(str(old), ABNModule(arch="resnet20", head="abn", num_classes=3, model_kwargs={}))
     with pytest.raises(ValueError, match="branch_depth: checkpoint 'full' vs config 'light'"):
         check_resume_checkpoint(str(old), ABNModule(arch="resnet20", head="abn", num_classes=3, branch_depth="light"))

@@ -14,14 +14,14 @@ from torchvision import transforms
 
 from abn.data import CIFAR10DataModule, FashionMNISTDataModule, ShapesDataModule, SVHNDataModule
 from abn.data.device import DeviceBatches, crop_and_flip, raw_arrays
+from abn.data.standins import write_standin_cifar, write_standin_svhn
 
 from ..conftest import compose_train_config, make_fashion_mnist
-from .test_paper_sets import write_cifar, write_svhn
 
 
 def cifar(root: Path, **options) -> CIFAR10DataModule:
     if not (root / "cifar-10-batches-py").is_dir():
-        write_cifar(root, hundred=False)  # 5 batches of 6: 30 training images, 5 test images
+        write_standin_cifar(root, hundred=False, train_per_file=6, test=5)  # 30 training images, 5 test images
     module = CIFAR10DataModule(root=str(root), download=False, num_workers=0, **{"batch_size": 4, **options})
     module.setup()
     return module
@@ -29,8 +29,7 @@ def cifar(root: Path, **options) -> CIFAR10DataModule:
 
 def svhn(root: Path, **options) -> SVHNDataModule:
     if not (root / "svhn").is_dir():
-        for split, n in (("train", 7), ("test", 5), ("extra", 9)):
-            write_svhn(root, split, n)
+        write_standin_svhn(root, {"train": 7, "test": 5, "extra": 9})
     module = SVHNDataModule(root=str(root), download=False, num_workers=0, **{"batch_size": 4, **options})
     module.setup()
     return module

@@ -59,15 +59,9 @@ def test_cifar_wrong_class_count_is_refused():
         CIFAR100DataModule(num_classes=10)
 
 
-def write_svhn(root: Path, split: str, n: int) -> None:
-    """One split of ``n`` images, random pixels of its own (seeded by the split's name)."""
-    write_standin_svhn(root, {split: n}, seed=len(split))
-
-
 @pytest.mark.parametrize("use_extra", [False, True])
 def test_svhn_reads_the_mat_files_and_adds_extra(tmp_path: Path, use_extra: bool):
-    for split, n in (("train", 7), ("test", 5), ("extra", 9)):
-        write_svhn(tmp_path, split, n)
+    write_standin_svhn(tmp_path, {"train": 7, "test": 5, "extra": 9})
     dm = SVHNDataModule(root=str(tmp_path), download=False, use_extra=use_extra, batch_size=5, num_workers=0)
     dm.setup()
     assert len(dm.train_set) == (16 if use_extra else 7) and len(dm.test_set) == 5
@@ -76,8 +70,7 @@ def test_svhn_reads_the_mat_files_and_adds_extra(tmp_path: Path, use_extra: bool
 
 
 def test_svhn_missing_extra_names_the_file(tmp_path: Path):
-    write_svhn(tmp_path, "train", 3)
-    write_svhn(tmp_path, "test", 3)
+    write_standin_svhn(tmp_path, {"train": 3, "test": 3})
     dm = SVHNDataModule(root=str(tmp_path), download=False, use_extra=True, num_workers=0)
     with pytest.raises(FileNotFoundError, match=r"extra_32x32\.mat.*ufldl\.stanford\.edu"):
         dm.setup()
@@ -87,8 +80,7 @@ def test_svhn_missing_extra_names_the_file(tmp_path: Path):
 def test_fast_dev_run_through_hydra(tmp_path: Path, dataset: str):
     data_dir = tmp_path / "data"
     if dataset == "svhn":
-        for split, n in (("train", 8), ("test", 4)):
-            write_svhn(data_dir, split, n)
+        write_standin_svhn(data_dir, {"train": 8, "test": 4})
     else:
         write_cifar(data_dir, hundred=dataset == "cifar100")
     cfg = compose_train_config(tmp_path, [
