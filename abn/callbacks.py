@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import lightning as L
@@ -9,7 +10,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from .visualize import attention_grid, explanation_grid
+from .data.facts import check_attribute_names
+from .visualize import attention_grid, attribute_grid, explanation_grid
+
+log = logging.getLogger("abn")
 
 
 class AttentionImageLogger(L.Callback):
@@ -23,11 +27,15 @@ class AttentionImageLogger(L.Callback):
 
     ``methods`` (e.g. ``[abn, cam, gradcam, relevance_cam]``) also logs ``val/explanations``: the input, then one
     column per method of :func:`abn.explain.explain` that applies to the network, every map min-max scaled to
-    [0, 1] (one colormap, one scale), for the predicted class.
+    [0, 1] (one colormap, one scale), for the predicted class (single-label models).
+
+    A multi-task ABN (one map per attribute) logs ``val/attribute_maps`` instead of ``val/attention``: the input with
+    the boxes of its objects, then one column per attribute named in ``attributes`` (None: all), titled with its name.
     """
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 8, cmap: str = "jet", alpha: float = 0.5,
-                 show_cam: bool = True, methods: Optional[Sequence[str]] = None):
+                 show_cam: bool = True, methods: Optional[Sequence[str]] = None,
+                 attributes: Optional[Sequence[str]] = None):
         super().__init__()
         if every_n_epochs < 1 or num_images < 1:
             raise ValueError("every_n_epochs and num_images must be at least 1")
@@ -39,6 +47,7 @@ class AttentionImageLogger(L.Callback):
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.cmap, self.alpha, self.show_cam = cmap, alpha, show_cam
         self.methods = list(methods or [])
+        self.attributes = None if attributes is None else [str(name) for name in attributes]
         self._batch: Optional[tuple[Tensor, Optional[Tensor]]] = None
 
     def _fixed_images(self, trainer: L.Trainer) -> tuple[Tensor, Optional[Tensor]]:
@@ -74,10 +83,18 @@ class AttentionImageLogger(L.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        grid = self.grid(trainer, pl_module)
-        explanations = self.explanation_grid(trainer, pl_module) if self.methods else None
+        multitask = getattr(pl_module.net, "head_name", None) == "multitask"
+        tag, grid = ("val/attribute_maps", self.attribute_grid(trainer, pl_module)) if multitask else \
+            ("val/attention", self.grid(trainer, pl_module))
+        explanations = None
+        if self.methods and getattr(pl_module.hparams, "task", "multiclass") == "multilabel":
+            log.warning("callbacks.attention_images.methods: the explanation grid explains the predicted class of "
+                        "single-label models; for a multi-label model run abn-explain, which explains each attribute")
+            self.methods = []
+        elif self.methods:
+            explanations = self.explanation_grid(trainer, pl_module)
         for logger in loggers:
-            logger.experiment.add_image("val/attention", grid, global_step=trainer.global_step)
+            logger.experiment.add_image(tag, grid, global_step=trainer.global_step)
             if explanations is not None:
                 logger.experiment.add_image("val/explanations", explanations, global_step=trainer.global_step)
 
@@ -91,3 +108,27 @@ class AttentionImageLogger(L.Callback):
         x = images.to(pl_module.device)
         maps = [explain(net, x, method) for method in usable]  # leaves net as it was
         return explanation_grid(trainer.datamodule, images, boxes, maps, usable, self.cmap, self.alpha)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(pl_module.net, "head_name", None) == "multitask":
+            self.chosen_attributes(pl_module)  # a wrong name stops the run before its first step, not after an epoch
+
+    def chosen_attributes(self, pl_module: L.LightningModule) -> list[str]:
+        names = list(pl_module.attribute_names)
+        chosen = self.attributes if self.attributes is not None else names
+        check_attribute_names(chosen, names, "callbacks.attention_images.attributes")
+        return chosen
+
+    def attribute_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
+        """Input (with its objects' boxes) | the map of each chosen attribute, titled with its name."""
+        images, boxes = self._fixed_images(trainer)
+        names = list(pl_module.attribute_names)
+        chosen = self.chosen_attributes(pl_module)
+        net = pl_module.net
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            maps = net(images.to(pl_module.device)).attention
+        net.train(was_training)
+        indices = [names.index(name) for name in chosen]
+        return attribute_grid(trainer.datamodule, images, boxes, maps[:, indices].cpu(), chosen, self.cmap, self.alpha)

@@ -15,6 +15,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from .models import ABNOutput, create_model
+from .models.network import DEFAULT_ATTENTION_MODE
 
 STAGES = ("train", "val", "test")
 
@@ -23,7 +24,10 @@ class ABNModule(L.LightningModule):
     """Loss = w_att · CE(attention logits) + w_per · CE(perception logits); heads without a branch use the latter.
 
     ``task="multilabel"`` (CelebA's 40 attributes) treats each of the ``num_classes`` outputs as one binary
-    attribute: binary cross-entropy on the logits, and ``acc`` is the mean of the per-attribute accuracies.
+    attribute: binary cross-entropy on the logits, and ``acc`` is the mean of the per-attribute accuracies; each
+    attribute's accuracy is logged too, as ``{stage}_attributes/<name>`` (``attribute_names``, from the data).
+    ``head="multitask"`` (one map per attribute, the paper's CelebA model) needs multilabel data; its options
+    ``task_chunk``, ``map_pooling``, ``map_activation`` and ``task_head`` are described in ``conf/model/default.yaml``.
 
     The network is ``create_model(arch, head, num_classes, in_chans, pretrained, split=..., branch_depth=...,
     **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
@@ -41,7 +45,7 @@ class ABNModule(L.LightningModule):
         head: str = "abn",
         num_classes: int = 10,
         in_chans: int = 3,
-        attention_mode: str = "residual",
+        attention_mode: Optional[str] = None,
         map_kernel_size: int = 3,
         attention_loss_weight: float = 1.0,
         perception_loss_weight: float = 1.0,
@@ -56,10 +60,25 @@ class ABNModule(L.LightningModule):
         compile: bool = False,
         top5: bool = False,
         task: str = "multiclass",
+        task_chunk: Optional[int] = None,
+        map_pooling: str = "max",
+        map_activation: str = "none",
+        task_head: str = "two_way",
+        attribute_names: Optional[list[str]] = None,
     ):
         super().__init__()
         if task not in ("multiclass", "multilabel"):
             raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+        if head == "multitask" and task != "multilabel":
+            raise ValueError("head=multitask learns one attention map per attribute of multi-label data (e.g. "
+                             "data=celeba, data=multishapes); this data is single-label (task=multiclass): use "
+                             "head=abn, or choose multi-label data")
+        if attribute_names is not None:
+            attribute_names = [str(name) for name in attribute_names]
+            if task != "multilabel" or len(attribute_names) != num_classes:
+                raise ValueError(f"attribute_names are for multilabel models, one per output: got "
+                                 f"{len(attribute_names)} names for task={task}, num_classes={num_classes}")
+        attention_mode = attention_mode or DEFAULT_ATTENTION_MODE.get(head, "residual")  # recorded as resolved
         if task == "multilabel" and top5:
             raise ValueError("top5=true needs task=multiclass (a multilabel model has no single top-5)")
         if scheduler_interval not in ("epoch", "step"):
@@ -80,6 +99,8 @@ class ABNModule(L.LightningModule):
             map_kernel_size=map_kernel_size,
             branch_depth=branch_depth,
             **extra,
+            **({"task_chunk": task_chunk, "map_pooling": map_pooling, "map_activation": map_activation,
+                "task_head": task_head} if head == "multitask" else {}),
         )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -89,7 +110,7 @@ class ABNModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.derived_run_length: Optional[tuple[str, int]] = None  # (scheduler argument, value) filled from the run
         self.scheduler_factory = scheduler
-        self.has_branch = head == "abn"
+        self.has_branch = head in ("abn", "multitask")
         if top5 and num_classes <= 5:
             raise ValueError(f"top5=true needs more than 5 classes, got num_classes={num_classes}")
         metrics = {}
@@ -97,7 +118,14 @@ class ABNModule(L.LightningModule):
             metrics[f"{stage}_perception"] = self._branch_metrics(stage, top5=top5)
             if self.has_branch:
                 metrics[f"{stage}_attention"] = self._branch_metrics(stage, postfix="_att")
+            if task == "multilabel" and stage != "train":
+                metrics[f"{stage}_attributes"] = MultilabelAccuracy(num_classes, average=None)
         self.metrics = nn.ModuleDict(metrics)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        names = self.hparams.get("attribute_names")
+        return list(names) if names else [str(index) for index in range(self.hparams.num_classes)]
 
     def _branch_metrics(self, stage: str, top5: bool = False, postfix: Optional[str] = None) -> MetricCollection:
         """The accuracies of one branch's logits in one stage, named as logged: ``{stage}/acc{postfix}``, and
@@ -129,6 +157,8 @@ class ABNModule(L.LightningModule):
         log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels))
         log(f"{stage}/loss_per", loss_per)
         self._update_and_log(self.metrics[f"{stage}_perception"], out.logits, labels, log, shown=[f"{stage}/acc"])
+        if f"{stage}_attributes" in self.metrics:
+            self.metrics[f"{stage}_attributes"].update(out.logits, labels)
         if out.att_logits is not None:
             loss_att = self.criterion(out.att_logits, labels)
             loss = loss + self.hparams.attention_loss_weight * loss_att
@@ -155,6 +185,22 @@ class ABNModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_attribute_accuracies("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_attribute_accuracies("test")
+
+    def _log_attribute_accuracies(self, stage: str) -> None:
+        """Perception-branch accuracy of every attribute by name, as ``{stage}_attributes/<name>`` (a vector metric
+        cannot be logged as one scalar)."""
+        metric = self.metrics[f"{stage}_attributes"] if f"{stage}_attributes" in self.metrics else None
+        if metric is None or not metric.update_called:
+            return
+        for name, value in zip(self.attribute_names, metric.compute()):
+            self.log(f"{stage}_attributes/{name}", value)
+        metric.reset()
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -1,8 +1,8 @@
 """Maps and images → one titled figure (column titles, colour bar, caption) as a C×H×W tensor or a PNG.
 
-Every grid of the project is drawn here: :func:`attention_grid` (TensorBoard's ``val/attention``) and
-:func:`explanation_grid` (``val/explanations``, ``explain/<split>`` and the PNGs of ``abn-explain``), both through
-:func:`render_columns`. The tiles are composed in torch and placed pixel for pixel
+Every grid of the project is drawn here: :func:`attention_grid` (TensorBoard's ``val/attention``),
+:func:`attribute_grid` (``val/attribute_maps`` of the multi-task ABN) and :func:`explanation_grid`
+(``val/explanations``, ``explain/<split>`` and the PNGs of ``abn-explain``), all through :func:`render_columns`. The tiles are composed in torch and placed pixel for pixel
 (``figimage``); matplotlib only adds the text and the colour bar. It draws on a bare ``Figure`` with an Agg canvas,
 never pyplot: no screen needed, no global figure left open, each figure freed as soon as its pixels are copied.
 """
@@ -92,16 +92,20 @@ def scale_by_max(maps: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def draw_boxes(images: Tensor, boxes: Optional[Tensor], colour: str = "white") -> Tensor:
-    """Draw one box (x0, y0, x1, y1) per image; images in [0, 1], returned in [0, 1]."""
+    """Draw the boxes (x0, y0, x1, y1; x1/y1 exclusive) of each image: one per image (B×4), or several (B×T×4, rows
+    of NaN for objects that are absent, as multi-attribute data gives them). Images in [0, 1], returned in [0, 1]."""
     if boxes is None:
         return images
     out = []
-    for image, box in zip(images, boxes):
+    for image, image_boxes in zip(images, boxes):
+        image_boxes = image_boxes.reshape(-1, 4).float()
+        image_boxes = image_boxes[torch.isfinite(image_boxes).all(dim=1)]
         as_bytes = (image.clamp(0, 1) * 255).to(torch.uint8)
         if as_bytes.shape[0] == 1:
             as_bytes = as_bytes.expand(3, -1, -1)
-        drawn = draw_bounding_boxes(as_bytes, (box - torch.tensor([0, 0, 1, 1])).view(1, 4), colors=colour)
-        out.append(drawn.float() / 255)
+        if len(image_boxes):
+            as_bytes = draw_bounding_boxes(as_bytes, image_boxes - torch.tensor([0, 0, 1, 1]), colors=colour)
+        out.append(as_bytes.float() / 255)
     return torch.stack(out)
 
 
@@ -297,3 +301,37 @@ def attention_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], att
     if caption:
         caption.append("Overlays: the map over the input in dimmed grey.")
     return render_columns(columns, cmap, alpha, " ".join(caption), " · ".join(label))
+
+
+def scale_jointly(maps: Tensor, eps: float = 1e-12) -> Tensor:
+    """Min-max scale each image's maps (B×T×h×w) together: 0 is the lowest value of any of its T maps, 1 the highest,
+    so an attribute whose map stays low looks low beside one that lights up."""
+    flat = maps.detach().float().flatten(1)
+    low, high = flat.amin(dim=1).view(-1, 1, 1, 1), flat.amax(dim=1).view(-1, 1, 1, 1)
+    return (maps.detach().float() - low) / (high - low).clamp(min=eps)
+
+
+def attribute_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], maps: Tensor, names: Sequence[str],
+                   cmap: str, alpha: float) -> Tensor:
+    """Input (with the boxes of its objects) | one titled overlay per attribute map of the multi-task ABN (``maps``:
+    B×T×h×w for the T ``names``), each image's maps min-max scaled jointly. Returns 3×H×W in [0, 1]."""
+    shown = shown_inputs(datamodule, images)
+    scaled = scale_jointly(maps)
+    columns = [input_column(shown, boxes)]
+    columns += [GridColumn(name, images=shown, maps=scaled[:, t]) for t, name in enumerate(names)]
+    caption = ("One attention map per attribute, over the input in dimmed grey; each image's maps min-max scaled "
+               "together (0 = the lowest value of any of its maps, 1 = the highest).")
+    return render_columns(columns, cmap, alpha, caption, "min-max over the image's maps")
+
+
+def attribute_explanation_grid(datamodule: Any, images: Tensor, boxes: Optional[Tensor], maps: Sequence[Tensor],
+                               names: Sequence[str], method: str, cmap: str, alpha: float) -> Tensor:
+    """One method on a multi-label model (``abn-explain``): input (with the boxes of its objects) | one overlay per
+    attribute, titled with its name, of ``method``'s map explaining that attribute's logit; every map already min-max
+    scaled to [0, 1] on its own (as :func:`abn.explain.explain` returns them). Returns 3×H×W in [0, 1]."""
+    shown = shown_inputs(datamodule, images)
+    columns = [input_column(shown, boxes)]
+    columns += [GridColumn(name, images=shown, maps=column) for name, column in zip(names, maps, strict=True)]
+    caption = (f"{method}: one map per attribute, explaining that attribute's logit (present or not); each map min-max "
+               "scaled per image (0 = its minimum, 1 = its maximum), over the input in dimmed grey.")
+    return render_columns(columns, cmap, alpha, caption, "min-max scaled per image")

@@ -84,22 +84,27 @@ class Timer:
     """Training steps of one model on a fixed batch; ``run`` returns images/s over ``steps`` steps."""
 
     def __init__(self, model: nn.Module, device: torch.device, batch: int, size: int, in_chans: int, classes: int,
-                 channels_last: bool = False, bf16: bool = False, compile: bool = False):
+                 channels_last: bool = False, bf16: bool = False, compile: bool = False, multilabel: bool = False):
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format).train()
         if compile:
             self.model.compile()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.images = torch.randn(batch, in_chans, size, size, device=device).contiguous(memory_format=memory_format)
-        self.labels = torch.randint(0, classes, (batch,), device=device)
+        if multilabel:  # one 0/1 target per attribute, binary cross-entropy (as the module trains CelebA)
+            self.labels = torch.randint(0, 2, (batch, classes), device=device).float()
+            self.criterion = F.binary_cross_entropy_with_logits
+        else:
+            self.labels = torch.randint(0, classes, (batch,), device=device)
+            self.criterion = F.cross_entropy
         self.device, self.bf16 = device, bf16
 
     def step(self) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(self.images)
-            loss = F.cross_entropy(out.logits, self.labels)
+            loss = self.criterion(out.logits, self.labels)
             if out.att_logits is not None:
-                loss = loss + F.cross_entropy(out.att_logits, self.labels)
+                loss = loss + self.criterion(out.att_logits, self.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 import abn.explain.run as explain_cli
 import abn.train as train_cli
 from abn.config import config_dir
-from abn.data.standins import write_standin_cifar, write_standin_svhn
+from abn.data.standins import write_standin_celeba, write_standin_cifar, write_standin_compcars, write_standin_svhn
 
 from .conftest import make_fashion_mnist, run_cli
 from .data.test_imagenet import WNIDS, write_image_folders
@@ -41,9 +41,14 @@ SMALL_DATA = {
     "shapes": ["data.train_size=32", "data.val_size=16", "data.test_size=16"],
     "fashion_mnist": ["data.val_size=20"],
     "cluttered_fashion_mnist": ["data.val_size=20", "data.train_size=40", "data.test_size=16"],
+    "multishapes": ["data.train_size=16", "data.val_size=8", "data.test_size=8"],
     "imagenet": ["data.num_classes=null", "data.image_size=32", "data.resize_size=36"],
     "folder": ["data.image_size=32", "data.resize_size=36"],
+    "compcars": ["data.image_size=[32,48]"],
+    "celeba": ["data.image_size=32"],
 }
+# the folder of data_dir that data.root names, for the data sets whose commands show a data.root
+ROOT_FOLDERS = {"imagenet": "imagenet", "folder": "images", "compcars": "compcars", "celeba": "."}
 
 
 # networks above 25 M parameters (ABN head) → one of the same input size: the checkpoints alone would take seconds
@@ -139,6 +144,8 @@ def data_dir(tmp_path_factory) -> Path:
     # six classes: the ImageNet experiments log top-5 accuracy
     write_image_folders(root / "imagenet", [*WNIDS, "n01491361", "n01494475", "n01496331"], per_class=1)
     write_image_folders(root / "images", ["cat", "dog"], per_class=3)
+    write_standin_compcars(root / "compcars")
+    write_standin_celeba(root, num_images=12, image_size=(40, 48))
     return root
 
 
@@ -168,8 +175,8 @@ def small_overrides(arguments: list[str], data_dir: Path) -> list[str]:
         return []
     data = data_set_of(arguments)
     extra = [*SMALL_RUN, f"paths.data_dir={data_dir}", *SMALL_DATA.get(data, [])]
-    if data in ("imagenet", "folder"):
-        extra.append(f"data.root={data_dir / ('imagenet' if data == 'imagenet' else 'images')}")
+    if data in ROOT_FOLDERS:
+        extra.append(f"data.root={data_dir / ROOT_FOLDERS[data]}")
     if any(argument.startswith("trainer=") and argument != "trainer=cpu" for argument in arguments):
         extra += ["trainer.accelerator=cpu", "trainer.devices=1"]
         if "trainer=ddp" in arguments:
@@ -212,6 +219,8 @@ def prepare(command: str, data_dir: Path, quick_start_dir: Path, tmp_path: Path)
         checkpoint = run / "checkpoints" / "last.ckpt"
         if "data=cluttered_fashion_mnist" in command:  # explains a model trained on that data
             checkpoint = train_on_cluttered(data_dir, tmp_path)
+        if "attributes=" in command:  # explains a multi-label model
+            checkpoint = train_on_multishapes(tmp_path)
         arguments = [a.replace("<date>", run.name).replace("<run>", str(run)).replace("...", str(checkpoint))
                      for a in arguments]
     if name == "abn-explain":
@@ -234,6 +243,24 @@ def train_on_cluttered(data_dir: Path, folder: Path) -> Path:
     train(cfg)
     GlobalHydra.instance().clear()
     return folder / "cluttered" / "checkpoints" / "last.ckpt"
+
+
+def train_on_multishapes(folder: Path) -> Path:
+    """A multi-task ABN run folder as abn-train leaves it (.hydra/config.yaml beside the checkpoints)."""
+    from omegaconf import OmegaConf
+
+    from abn.train import train
+
+    from .conftest import compose_train_config
+
+    run = folder / "multishapes"
+    overrides = ["data=multishapes", "model.head=multitask", "logger=none", *SMALL_RUN, *SMALL_DATA["multishapes"]]
+    cfg = compose_train_config(run, overrides)
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return run / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.parametrize("where, command", COMMANDS, ids=[f"{where} {command}" for where, command in COMMANDS])

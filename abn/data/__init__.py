@@ -8,6 +8,7 @@ from .compcars import CompCarsDataModule
 from .fashion_mnist import FashionMNISTDataModule
 from .folder import FolderDataModule
 from .imagenet import ImageNetDataModule
+from .multishapes import MultiShapesDataModule, MultiShapesDataset
 from .shapes import SHAPE_NAMES, ShapesDataModule, ShapesDataset, generate_split
 from .svhn import SVHNDataModule
 
@@ -21,6 +22,8 @@ __all__ = [
     "FashionMNISTDataModule",
     "FolderDataModule",
     "ImageNetDataModule",
+    "MultiShapesDataModule",
+    "MultiShapesDataset",
     "SHAPE_NAMES",
     "ShapesDataModule",
     "ShapesDataset",

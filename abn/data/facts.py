@@ -9,8 +9,9 @@ null`` finds them in the files), which task (multiclass, or multilabel for Celeb
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 from omegaconf import DictConfig
@@ -27,12 +28,15 @@ class DataFacts:
     num_classes: Optional[int]
     task: str
     arch: Optional[str] = None
+    attribute_names: Optional[tuple[str, ...]] = None  # multilabel data: the name of each output
 
     def model_arguments(self) -> dict[str, Any]:
         """Keyword arguments of ``instantiate(cfg.model, ...)``: they replace the config's values."""
         arguments: dict[str, Any] = {"num_classes": self.num_classes, "task": self.task}
         if self.arch is not None:
             arguments["arch"] = self.arch
+        if self.attribute_names is not None:
+            arguments["attribute_names"] = list(self.attribute_names)
         return arguments
 
     def settle(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +55,10 @@ def adopt_data_facts(cfg: DictConfig, datamodule: L.LightningDataModule) -> Data
     size gets a warning. ``cfg`` is only read."""
     if cfg.data.get("num_classes") is None and hasattr(datamodule, "discover_classes"):
         datamodule.discover_classes()
-    facts = DataFacts(num_classes=getattr(datamodule, "num_classes", cfg.data.get("num_classes")),
-                      task=getattr(datamodule, "task", "multiclass"))
+    task = getattr(datamodule, "task", "multiclass")
+    classes = getattr(datamodule, "classes", None)
+    facts = DataFacts(num_classes=getattr(datamodule, "num_classes", cfg.data.get("num_classes")), task=task,
+                      attribute_names=tuple(classes) if task == "multilabel" and classes else None)
     if "model" not in cfg:
         return facts
     arch = cfg.model.get("arch")
@@ -65,3 +71,14 @@ def adopt_data_facts(cfg: DictConfig, datamodule: L.LightningDataModule) -> Data
     if note:
         log.warning(note)
     return facts
+
+
+def check_attribute_names(requested: Sequence[str], names: Sequence[str], setting: str) -> None:
+    """Raise one message for the names in ``requested`` that are not among the data's attribute ``names``, with a
+    did-you-mean hint per name; ``setting`` is the config key the names came from."""
+    unknown = [name for name in requested if name not in names]
+    if unknown:
+        close = {name: difflib.get_close_matches(name, names, n=1) for name in unknown}
+        hints = "".join(f" ({name}: did you mean {match[0]}?)" for name, match in close.items() if match)
+        raise ValueError(f"{setting}: {', '.join(unknown)} not among the attributes{hints}; choose from: "
+                         f"{', '.join(names)}, or null for all")

@@ -61,10 +61,12 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.
             return colour
 
 
-def draw_sample(
-    rng: np.random.Generator, label: int, image_size: int = 32, min_size: float = 0.3, max_size: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    """One H×W×3 float image in [0, 1] with shape ``label``, and its box (x0, y0, x1, y1), x1/y1 exclusive."""
+def draw_cluttered_background(
+    rng: np.random.Generator, image_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A background of a random colour with pixel noise and 2–4 distractors (line segments, small dots) in
+    contrasting colours. Returns the S×S×3 float image (not yet clipped to [0, 1]), the background colour, and the
+    pixel-centre coordinates ``xs`` (column + 0.5) and ``ys`` (row + 0.5), both S×S."""
     s = image_size
     background = rng.random(3)
     image = np.broadcast_to(background, (s, s, 3)) + rng.normal(0.0, 0.04, (s, s, 3))
@@ -82,7 +84,15 @@ def draw_sample(
             cx, cy = rng.uniform(0, s, 2)
             mask = np.hypot(xs - cx, ys - cy) <= rng.uniform(0.8, 1.6)
         image[mask] = colour
+    return image, background, xs, ys
 
+
+def draw_sample(
+    rng: np.random.Generator, label: int, image_size: int = 32, min_size: float = 0.3, max_size: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """One H×W×3 float image in [0, 1] with shape ``label``, and its box (x0, y0, x1, y1), x1/y1 exclusive."""
+    s = image_size
+    image, background, xs, ys = draw_cluttered_background(rng, s)
     size = int(round(rng.uniform(min_size, max_size) * s))
     x0, y0 = rng.integers(0, s - size + 1, 2)
     u = (xs - x0) / size * 2.0 - 1.0

@@ -4,18 +4,21 @@ the table of what each supports, which :func:`~abn.explain.explain`, :func:`~abn
 
 Every method takes a :class:`MapRequest` and returns raw maps by name (B×h×w at its layer's resolution, keyed by
 layer; B×C×H×W input gradients for the guided methods); :func:`abn.explain.explain` resizes and normalises them.
+On a multi-label model the target is an attribute and the score explained is that attribute's logit; a multi-task
+ABN reaches the methods as an :class:`~abn.explain.layers.AttributeView` (one output: the target attribute's logit).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LayerRecorder, cam_layer, logits_of, resolve_targets, unwrap
+from ..models.network import MultiTaskNetwork
+from .layers import LayerRecorder, cam_layer, classifier_weights, logits_of, resolve_targets, unwrap
 from .relevance import relevance_cam
 
 Maps = dict[str, Tensor]
@@ -24,7 +27,8 @@ Maps = dict[str, Tensor]
 @dataclass(frozen=True)
 class MapRequest:
     """What a method is asked: explain ``net``'s decision on ``images`` for ``targets`` (None: the prediction) at
-    ``layers`` (checked names; empty for the methods that take no layer)."""
+    ``layers`` (checked names; empty for the methods that take no layer). ``multilabel``: the outputs are independent
+    attributes, not competing classes (Relevance-CAM then starts from the target alone)."""
 
     net: nn.Module
     images: Tensor
@@ -33,6 +37,7 @@ class MapRequest:
     differentiable: bool = False
     interpolation: str = "bilinear"
     seed: int = 0
+    multilabel: bool = False
 
 
 def to_input_size(maps: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
@@ -72,12 +77,16 @@ def gradcam_weights(grads: Tensor, activations: Tensor) -> Tensor:
 
 
 def counterfactual_weights(grads: Tensor, activations: Tensor) -> Tensor:
-    """Selvaraju et al.: negated gradients show what argues against the class."""
+    """Selvaraju et al.: negated gradients show what argues against the class (for an attribute's logit: against
+    the attribute's presence)."""
     return -grads.mean(dim=(2, 3))
 
 
 def gradcam_plus_plus_weights(grads: Tensor, activations: Tensor) -> Tensor:
-    """Grad-CAM++ (Chattopadhyay et al.), with the exponential of the score: α = g² / (2g² + Σ_ab A·g³)."""
+    """Grad-CAM++ (Chattopadhyay et al.), with the exponential of the score: α = g² / (2g² + Σ_ab A·g³).
+
+    ``grads`` are those of the score S itself: the paper's Y = exp(S) only scales every weight by exp(S) > 0, which
+    the min-max scaling removes. For an attribute's logit z, exp(z) is the attribute's odds p / (1 − p)."""
     grads2, grads3 = grads.pow(2), grads.pow(3)
     denominator = 2 * grads2 + activations.sum(dim=(2, 3), keepdim=True) * grads3
     alpha = grads2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
@@ -106,8 +115,9 @@ def counterfactual(request: MapRequest) -> Maps:
 
 
 def class_activation_map(request: MapRequest) -> Maps:
-    """CAM (Zhou et al.): Σ_k w_k^c A^k + b_c of the GAP + linear head, so the map's mean is the class score."""
-    name, linear = cam_layer(request.net)
+    """CAM (Zhou et al.): Σ_k w_k^c A^k + b_c of the GAP + linear head, so the map's mean is the class score. On a
+    multi-task ABN, A is the last stage's output on g·M^t and w attribute t's head (w₁ − w₀ for the 2-way head)."""
+    name, classifier = cam_layer(request.net)
     wrong = [layer for layer in request.layers if layer != name]
     if wrong:
         raise ValueError(f"CAM is defined only at the feature map that feeds the GAP + linear head ({name!r}), "
@@ -116,12 +126,13 @@ def class_activation_map(request: MapRequest) -> Maps:
         logits = logits_of(request.net(request.images))
     (feature_map,) = recorder.recorded()
     chosen = resolve_targets(request.targets, logits)
-    bias = linear.bias[chosen][:, None, None] if linear.bias is not None else 0.0
-    return {name: torch.einsum("bk,bkhw->bhw", linear.weight[chosen], feature_map) + bias}
+    weight, bias = classifier_weights(classifier, chosen)
+    return {name: torch.einsum("bk,bkhw->bhw", weight, feature_map) + bias[:, None, None]}
 
 
 def attention(request: MapRequest) -> Maps:
-    """The attention branch's map M, B×h×w, from one forward pass (class-agnostic; ``targets`` only checked)."""
+    """The attention branch's map M, B×h×w, from one forward pass (class-agnostic; ``targets`` only checked). A
+    multi-task ABN (seen through an :class:`~abn.explain.layers.AttributeView`) gives the target attribute's map."""
     output = request.net(request.images)
     resolve_targets(request.targets, logits_of(output))
     return {"attention": output.attention[:, 0]}
@@ -176,7 +187,8 @@ def guided_gradcam(request: MapRequest) -> Maps:
 
 
 def relevance_cams(request: MapRequest) -> Maps:
-    return relevance_cam(request.net, request.images, request.targets, request.layers)
+    start = "unit" if request.multilabel else "contrastive"
+    return relevance_cam(request.net, request.images, request.targets, request.layers, start=start)
 
 
 def has_attention_branch(model: nn.Module) -> bool:
@@ -191,13 +203,19 @@ def any_model(model: nn.Module) -> bool:
     return True
 
 
+def one_map(model: nn.Module) -> bool:
+    """The attention branch gives one map for every class (the ``abn`` head), not one per attribute (``multitask``)."""
+    return not isinstance(unwrap(model), MultiTaskNetwork)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """An explanation method: the function that computes its raw maps and what it supports.
 
     ``layer``: ``"none"`` (it explains the whole image or the input), ``"any"`` (any layer with a spatial output)
     or ``"head"`` (only the feature map that feeds the GAP + linear head). ``differentiable``: its maps can stay in
-    the autograd graph. ``class_agnostic``: the same map whatever the target class. ``input_attribution``: its raw
+    the autograd graph. ``class_agnostic``: the same map whatever the target class (True, or a test of the network:
+    see :meth:`is_class_agnostic`). ``input_attribution``: its raw
     result is a B×C×H×W attribution of the input. ``applies_to`` says which models it applies to, ``requirement``
     what the others lack.
     """
@@ -205,7 +223,7 @@ class MethodSpec:
     compute: Callable[[MapRequest], Maps]
     layer: Literal["none", "any", "head"] = "any"
     differentiable: bool = False
-    class_agnostic: bool = False
+    class_agnostic: Union[bool, Callable[[nn.Module], bool]] = False
     input_attribution: bool = False
     applies_to: Callable[[nn.Module], bool] = any_model
     requirement: str = ""
@@ -214,12 +232,16 @@ class MethodSpec:
     def takes_layer(self) -> bool:
         return self.layer != "none"
 
+    def is_class_agnostic(self, model: nn.Module) -> bool:
+        """Whether the method gives ``model`` the same map whatever the target (``abn``: on the single-map head only)."""
+        return self.class_agnostic(model) if callable(self.class_agnostic) else self.class_agnostic
+
 
 METHOD_SPECS: dict[str, MethodSpec] = {
-    "abn": MethodSpec(attention, layer="none", differentiable=True, class_agnostic=True,
-                      applies_to=has_attention_branch, requirement="an attention branch (head=abn)"),
+    "abn": MethodSpec(attention, layer="none", differentiable=True, class_agnostic=one_map,
+                      applies_to=has_attention_branch, requirement="an attention branch (head=abn or multitask)"),
     "cam": MethodSpec(class_activation_map, layer="head", differentiable=True, applies_to=has_gap_linear_head,
-                      requirement="a GAP + linear head"),
+                      requirement="a GAP + linear head (or the multi-task head)"),
     "gradcam": MethodSpec(gradcam, differentiable=True),
     "gradcam++": MethodSpec(gradcam_plus_plus, differentiable=True),
     "guided_backprop": MethodSpec(guided_backprop, layer="none", input_attribution=True),

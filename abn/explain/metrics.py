@@ -11,6 +11,8 @@ Conventions shared by every metric here:
 - ``images``: B×C×H×W normalised network inputs; ``targets``: B class indices. ``model`` returns logits
   (B×K) or an object with ``.logits`` (an ``ABNOutput``). The model is run under ``torch.no_grad()``, in
   chunks of ``batch_size`` images, exactly as it is: its train/eval mode is left alone (put it in eval mode).
+  The metrics that run the model score the target's softmax probability (``score="softmax"``, single-label), or
+  for a multi-label model the attribute's own probability σ(logit) (``score="sigmoid"``).
 - Every score is a fraction in [0, 1] (not a percent). States are sums (``dist_reduce_fx="sum"``), so the
   scores are right under DDP and after ``merge_state``.
 """
@@ -32,6 +34,7 @@ from torchvision.transforms.functional import gaussian_blur
 __all__ = [
     "PointingGame",
     "EnergyPointingGame",
+    "OtherObjectsEnergy",
     "LocalizationError",
     "box_from_map",
     "blurred",
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 Baseline = Union[float, Tensor, str]
+SCORES = ("softmax", "sigmoid")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -140,14 +144,28 @@ def _logits_of(output: Any) -> Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def _target_probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
-    """Softmax probability of each image's target class, run in chunks without gradients."""
+def _check_score(score: str) -> str:
+    if score not in SCORES:
+        raise ValueError(f"score must be 'softmax' (single-label: the class's probability) or 'sigmoid' (multi-label: "
+                         f"the attribute's own probability), got {score!r}")
+    return score
+
+
+def _probability(logits: Tensor, targets: Tensor, score: str) -> Tensor:
+    """The probability of each row's target: softmax over the classes, or the sigmoid of the target's logit alone."""
+    if score == "sigmoid":
+        return torch.sigmoid(logits.gather(1, targets[:, None])[:, 0])
+    return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+
+
+def _target_probabilities(model: nn.Module, images: Tensor, targets: Tensor, batch_size: int,
+                          score: str = "softmax") -> Tensor:
+    """Probability of each image's target (see :func:`_probability`), run in chunks without gradients."""
     probabilities = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             logits = _logits_of(model(images[start : start + batch_size])).float()
-            chunk_targets = targets[start : start + batch_size]
-            probabilities.append(logits.softmax(dim=1).gather(1, chunk_targets[:, None])[:, 0])
+            probabilities.append(_probability(logits, targets[start : start + batch_size], score))
     return torch.cat(probabilities)
 
 
@@ -246,6 +264,56 @@ class EnergyPointingGame(Metric):
 
     def compute(self) -> Tensor:
         return (self.score_sum / self.total.clamp(min=1)).float()
+
+
+class OtherObjectsEnergy(Metric):
+    """For multi-label data: the share of an attribute's map that falls on the *other* objects of the image.
+
+    ``boxes``: the attribute's own box per map (B×4); ``other_boxes``: B×K×4 boxes of the image's other objects,
+    rows of NaN where there is none (multi-attribute data gives B×T×4 with NaN rows for absent attributes: set the
+    attribute's own row to NaN). Per map: mass inside any other box but outside the own box / the map's mass (the
+    map clamped to ≥ 0; an all-zero map scores 0). Maps of images without another object are not counted.
+    ``compute()`` returns the mean over the counted maps, in [0, 1], lower is better (an attribute's map should
+    light up its own object, not all of them); NaN when no map was counted. With :class:`EnergyPointingGame` on
+    the own box, own + other ≤ 1.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    score_sum: Tensor
+    total: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("score_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, maps: Tensor, boxes: Tensor, other_boxes: Tensor,
+               image_size: Optional[tuple[int, int]] = None) -> None:
+        maps = _as_map_batch(maps)
+        height, width = _image_size(maps, image_size)
+        maps = _resize_maps(maps, (height, width)).clamp(min=0)
+        own = _box_masks(_check_boxes(boxes, maps.shape[0]).to(maps.device), height, width)
+        other_boxes = torch.as_tensor(other_boxes).float().to(maps.device)
+        if other_boxes.dim() != 3 or other_boxes.shape[0] != maps.shape[0] or other_boxes.shape[2] != 4:
+            raise ValueError(f"other_boxes must have shape B×K×4 (NaN rows where there is no object) for "
+                             f"{maps.shape[0]} maps, got {tuple(other_boxes.shape)}")
+        present = torch.isfinite(other_boxes).all(dim=2)  # B×K
+        others = torch.zeros_like(own)
+        for k in range(other_boxes.shape[1]):
+            masks = _box_masks(torch.nan_to_num(other_boxes[:, k]), height, width)
+            others |= masks & present[:, k, None, None]
+        counted = present.any(dim=1)
+        inside = (maps * (others & ~own)).sum(dim=(1, 2))
+        mass = maps.sum(dim=(1, 2))
+        scores = torch.where(mass > 0, inside / mass.clamp(min=1e-30), torch.zeros_like(mass))
+        self.score_sum += scores[counted].sum().to(self.score_sum)
+        self.total += counted.sum().to(self.total)
+
+    def compute(self) -> Tensor:
+        return (self.score_sum / self.total).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,9 +444,11 @@ class _PixelOrderAUC(Metric):
         baseline: Baseline = 0.0,
         batch_size: int = 128,
         blur_sigma: Optional[float] = None,
+        score: str = "softmax",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.score = _check_score(score)
         if int(steps) < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         if isinstance(baseline, str) and baseline != "blur":
@@ -433,7 +503,7 @@ class _PixelOrderAUC(Metric):
                 replaced = rank[sample] < counts[step].view(-1, 1, 1, 1)
                 inputs = torch.where(replaced, end[sample], start[sample])
                 logits = _logits_of(model(inputs)).float()
-                probabilities[pairs] = logits.softmax(dim=1).gather(1, targets[sample][:, None])[:, 0]
+                probabilities[pairs] = _probability(logits, targets[sample], self.score)
         return probabilities.view(batch, self.steps + 1)
 
     def update(self, model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor) -> None:
@@ -464,7 +534,7 @@ class DeletionAUC(_PixelOrderAUC):
     area in [0, 1]. ``baseline``: a number (default 0.0, i.e. the data set's mean colour in normalised space),
     a tensor broadcastable to the images, or ``"blur"`` (see :func:`blurred`). Default ``steps=32``: at 32² that
     is 32 pixels per step, at 64² 128 (RISE took 224 per step at 224²). ``batch_size`` perturbed images go
-    through the model at once.
+    through the model at once. ``score="sigmoid"``: the curve of a multi-label attribute's σ(logit) instead.
     """
 
     higher_is_better = False
@@ -476,9 +546,11 @@ class DeletionAUC(_PixelOrderAUC):
         baseline: Baseline = 0.0,
         batch_size: int = 128,
         blur_sigma: Optional[float] = None,
+        score: str = "softmax",
         **kwargs: Any,
     ) -> None:
-        super().__init__(steps=steps, baseline=baseline, batch_size=batch_size, blur_sigma=blur_sigma, **kwargs)
+        super().__init__(steps=steps, baseline=baseline, batch_size=batch_size, blur_sigma=blur_sigma, score=score,
+                         **kwargs)
 
 
 class InsertionAUC(_PixelOrderAUC):
@@ -499,9 +571,11 @@ class InsertionAUC(_PixelOrderAUC):
         baseline: Baseline = "blur",
         batch_size: int = 128,
         blur_sigma: Optional[float] = None,
+        score: str = "softmax",
         **kwargs: Any,
     ) -> None:
-        super().__init__(steps=steps, baseline=baseline, batch_size=batch_size, blur_sigma=blur_sigma, **kwargs)
+        super().__init__(steps=steps, baseline=baseline, batch_size=batch_size, blur_sigma=blur_sigma, score=score,
+                         **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -514,9 +588,10 @@ class AverageDropIncrease(Metric):
     Y = target probability on the images, O = on images · map (map resized to the image, clamped to [0, 1],
     shared by all channels). Per sample drop = max(0, Y − O) / Y (0 when Y is 0) and increase = [O > Y].
     ``compute()`` returns a dict ``{"average_drop": mean drop, "increase_in_confidence": share with an
-    increase}``, both fractions in [0, 1]. One class rather than two so the model runs once for both; as the
-    two scores point in opposite directions, ``higher_is_better`` is None and ``higher_is_better_by_key`` says
-    which way each goes (average drop: lower is better; increase: higher is better).
+    increase}``, both fractions in [0, 1]; ``score="sigmoid"``: Y and O are a multi-label attribute's σ(logit).
+    One class rather than two so the model runs once for both; as the two scores point in opposite directions,
+    ``higher_is_better`` is None and ``higher_is_better_by_key`` says which way each goes (average drop: lower is
+    better; increase: higher is better).
     """
 
     is_differentiable = False
@@ -528,9 +603,10 @@ class AverageDropIncrease(Metric):
     increase_count: Tensor
     total: Tensor
 
-    def __init__(self, batch_size: int = 128, **kwargs: Any) -> None:
+    def __init__(self, batch_size: int = 128, score: str = "softmax", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.batch_size = _check_batch_size(batch_size)
+        self.score = _check_score(score)
         self.add_state("drop_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("increase_count", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
@@ -539,8 +615,9 @@ class AverageDropIncrease(Metric):
         maps = _as_map_batch(maps)
         targets = _check_images(images, maps, targets)
         maps = _resize_maps(maps.to(images.device), tuple(images.shape[-2:])).clamp(0, 1)
-        full = _target_probabilities(model, images, targets, self.batch_size)
-        masked = _target_probabilities(model, images * maps[:, None].to(images.dtype), targets, self.batch_size)
+        full = _target_probabilities(model, images, targets, self.batch_size, self.score)
+        masked = _target_probabilities(model, images * maps[:, None].to(images.dtype), targets, self.batch_size,
+                                       self.score)
         drop = (full - masked).clamp(min=0) / full.clamp(min=1e-30)  # numerator is 0 whenever full is 0
         self.drop_sum += drop.sum().to(self.drop_sum)
         self.increase_count += (masked > full).sum().to(self.increase_count)
@@ -560,7 +637,11 @@ class AverageDropIncrease(Metric):
 
 @dataclass(frozen=True)
 class Evidence:
-    """One batch of one explanation, as the metrics take it: maps for the predicted and for the true classes."""
+    """One batch of one explanation, as the metrics take it: maps for the predicted and for the true classes.
+
+    For one attribute of a multi-label model both maps are the attribute's, ``preds`` / ``labels`` say whether the
+    model predicts / the image has it, ``boxes`` is its box and ``other_boxes`` (B×T×4, NaN rows) the other objects'.
+    """
 
     model: nn.Module
     images: Tensor
@@ -569,17 +650,20 @@ class Evidence:
     preds: Tensor
     labels: Tensor
     boxes: Optional[Tensor]
+    other_boxes: Optional[Tensor] = None
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric of ``abn-explain``: how to build it from the ``metrics`` settings, which :class:`Evidence` fields its
-    ``update`` takes (in order), and the table columns its ``compute()`` fills (one value, or a dict by column)."""
+    """A metric of ``abn-explain``: how to build it from the ``metrics`` settings and the data's task (``multiclass``
+    or ``multilabel``), which :class:`Evidence` fields its ``update`` takes (in order), the table columns its
+    ``compute()`` fills (one value, or a dict by column) and the tasks it applies to."""
 
     name: str
-    build: Callable[[Any], Metric]
+    build: Callable[[Any, str], Metric]
     inputs: tuple[str, ...]
     columns: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ("multiclass", "multilabel")
 
     @property
     def needs_boxes(self) -> bool:
@@ -608,17 +692,25 @@ class MetricSpec:
 
 POINTING_INPUTS = ("maps_label", "boxes")  # the map of the true class, against the object's box
 FAITHFULNESS_INPUTS = ("model", "images", "maps_pred", "preds")  # the map of the prediction, against the model
+# what the faithfulness metrics score: a class's softmax probability, or an attribute's own σ(logit)
+SCORE_OF_TASK = {"multiclass": "softmax", "multilabel": "sigmoid"}
 
-# ``settings``: the ``metrics`` section of conf/explain.yaml
+# ``settings``: the ``metrics`` section of conf/explain.yaml; ``task``: the data's
 METRIC_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("pointing_game", lambda settings: PointingGame(tolerance=settings.pointing_tolerance),
+    MetricSpec("pointing_game", lambda settings, task: PointingGame(tolerance=settings.pointing_tolerance),
                POINTING_INPUTS),
-    MetricSpec("energy_pointing_game", lambda settings: EnergyPointingGame(), POINTING_INPUTS),
+    MetricSpec("energy_pointing_game", lambda settings, task: EnergyPointingGame(), POINTING_INPUTS),
+    MetricSpec("energy_other_objects", lambda settings, task: OtherObjectsEnergy(),
+               ("maps_label", "boxes", "other_boxes"), tasks=("multilabel",)),
     MetricSpec("localization_error",
-               lambda settings: LocalizationError(threshold=settings.loc_threshold, iou=settings.loc_iou),
+               lambda settings, task: LocalizationError(threshold=settings.loc_threshold, iou=settings.loc_iou),
                ("maps_pred", "boxes", "preds", "labels")),
-    MetricSpec("deletion_auc", lambda settings: DeletionAUC(steps=settings.deletion_steps), FAITHFULNESS_INPUTS),
-    MetricSpec("insertion_auc", lambda settings: InsertionAUC(steps=settings.deletion_steps), FAITHFULNESS_INPUTS),
-    MetricSpec("confidence", lambda settings: AverageDropIncrease(), FAITHFULNESS_INPUTS,
-               columns=("average_drop", "increase_in_confidence")),
+    MetricSpec("deletion_auc",
+               lambda settings, task: DeletionAUC(steps=settings.deletion_steps, score=SCORE_OF_TASK[task]),
+               FAITHFULNESS_INPUTS),
+    MetricSpec("insertion_auc",
+               lambda settings, task: InsertionAUC(steps=settings.deletion_steps, score=SCORE_OF_TASK[task]),
+               FAITHFULNESS_INPUTS),
+    MetricSpec("confidence", lambda settings, task: AverageDropIncrease(score=SCORE_OF_TASK[task]),
+               FAITHFULNESS_INPUTS, columns=("average_drop", "increase_in_confidence")),
 )

@@ -16,8 +16,9 @@ Where the rule differs from the plain gradient, a forward hook replaces the modu
 whose value is exactly ``y`` and whose gradient is that of ``z`` scaled by ``y / z``. With ``R_out = y ⊙ g_out``
 the module's input then receives ``R_in = x ⊙ ∂z/∂x · R_out / z``: the rule whose contributions are ``z``'s terms.
 
-* ``nn.Conv1d/2d/3d`` and ``nn.Linear``: z⁺ rule (α1β0), ``z = layer(x⁺, W⁺) + layer(x⁻, W⁻)``; the bias is left
-  out, so the relevance is conserved;
+* ``nn.Conv1d/2d/3d``, ``nn.Linear`` and the attribute head of a multi-task ABN
+  (:class:`~abn.explain.layers.TargetHead`: the 2-way head's logit z₁ − z₀ as one linear unit, weight w₁ − w₀):
+  z⁺ rule (α1β0), ``z = layer(x⁺, W⁺) + layer(x⁻, W⁻)``; the bias is left out, so the relevance is conserved;
 * average pooling (positive weights): ``z = pool(x⁺)``;
 * BatchNorm: identity rule, ``z = x · γ / sqrt(var + ε)``: relevance passes through and the bias absorbs none.
 
@@ -45,10 +46,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .layers import LayerRecorder, logits_of, resolve_targets
+from .layers import LayerRecorder, TargetHead, logits_of, resolve_targets
 
 RULES = ("z+", "z")
-STARTS = ("contrastive", "target")
+STARTS = ("contrastive", "target", "unit")
 EPSILON = 1e-9
 
 ZFunction = Callable[[nn.Module, Tensor], Tensor]
@@ -80,6 +81,13 @@ def _z_plus_linear(module: nn.Module, x: Tensor) -> Tensor:
     return F.linear(_positive_part(x), weight.clamp(min=0)) + F.linear(_negative_part(x), weight.clamp(max=0))
 
 
+def _z_plus_target_head(module: TargetHead, x: Tensor) -> Tensor:
+    weight = module.weight.detach()
+    positive = (_positive_part(x) * weight.clamp(min=0)).sum(dim=1)
+    negative = (_negative_part(x) * weight.clamp(max=0)).sum(dim=1)
+    return (positive + negative)[:, None]
+
+
 def _z_plus_average_pool(module: nn.Module, x: Tensor) -> Tensor:
     # .forward, not __call__: calling the module would run this very hook again
     return module.forward(_positive_part(x))
@@ -100,6 +108,7 @@ def _identity_batch_norm(module: nn.Module, x: Tensor) -> Tensor:
 Z_PLUS_RULES: tuple[tuple[tuple[type, ...], ZFunction], ...] = (
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _z_plus_conv),
     ((nn.Linear,), _z_plus_linear),
+    ((TargetHead,), _z_plus_target_head),
     (
         (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
         _z_plus_average_pool,
@@ -175,10 +184,14 @@ def start_gradient(logits: Tensor, targets: Tensor, start: str) -> Tensor:
 
     ``"target"``: the target's score (relevance = its logit, 0 elsewhere; the gradient is one-hot).
     ``"contrastive"``: relevance +1 at the target and −1/(N−1) at each of the N−1 other classes.
+    ``"unit"``: relevance +1 at the target, 0 elsewhere: for multi-label attributes, which do not compete (an
+    attribute's logit already weighs present against absent), whatever the logit's sign.
     """
     one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
     if start == "target":
         return one_hot
+    if start == "unit":
+        return one_hot / stabilise(logits.detach())
     num_classes = logits.shape[1]
     others = (1.0 - one_hot) / max(num_classes - 1, 1)
     return (one_hot - others) / stabilise(logits.detach())
@@ -198,7 +211,8 @@ def layer_relevance(
     Returns ``(relevance, activations)``, both keyed by layer name: the relevance B×C×h×w at the layer's output and
     that output itself (detached; its value before any later in-place change). ``rule``: ``"z+"`` (α1β0 for
     convolutions, linear layers and average pooling, identity for BatchNorm) or ``"z"`` (plain gradient × input).
-    ``start``: ``"contrastive"`` (+1 at the target, −1/(N−1) elsewhere) or ``"target"`` (the target's logit).
+    ``start``: ``"contrastive"`` (+1 at the target, −1/(N−1) elsewhere), ``"target"`` (the target's logit) or
+    ``"unit"`` (+1 at the target alone: multi-label attributes).
 
     Put the model in eval mode first. A layer called several times in one forward pass reports its last call; a
     layer from which no relevance reaches the logits (inside the attention branch) gets zeros.
@@ -244,10 +258,11 @@ def layer_relevance(
     return relevance, activations
 
 
-def relevance_cam(model: nn.Module, images: Tensor, targets: Optional[Tensor], layers: list[str]) -> dict[str, Tensor]:
+def relevance_cam(model: nn.Module, images: Tensor, targets: Optional[Tensor], layers: list[str],
+                  start: str = "contrastive") -> dict[str, Tensor]:
     """Raw Relevance-CAM maps, B×h×w per layer: ``ReLU(Σ_k w_k A^k)`` with ``w_k`` the spatial mean of channel k's
-    relevance (z⁺ rule, contrastive start; Lee et al., CVPR 2021)."""
-    relevance, activations = layer_relevance(model, images, targets, layers, rule="z+", start="contrastive")
+    relevance (z⁺ rule; contrastive start as Lee et al., CVPR 2021, or ``"unit"`` for multi-label attributes)."""
+    relevance, activations = layer_relevance(model, images, targets, layers, rule="z+", start=start)
     maps: dict[str, Tensor] = {}
     for name, layer_relevance_map in relevance.items():
         channel_weights = layer_relevance_map.mean(dim=(2, 3))

@@ -8,8 +8,10 @@ wires them for a head the way the official ABN code does (DESIGN §1):
     g' = g * (1 + M)        (or g * M)                # attention mechanism
     logits = head(last_stage(g'))                     # perception branch
 
-Built without an attention branch, the same code gives the ``baseline`` and ``cam`` networks. A new head is a
-name in :data:`HEADS` and its case in :func:`build_network`.
+Built without an attention branch, the same code gives the ``baseline`` and ``cam`` networks. The ``multitask``
+head (the paper's CelebA model, DESIGN §7) learns one map per attribute and runs the shared last stage on g·M^t for
+every attribute t, batched (:class:`MultiTaskNetwork`). A new head is a name in :data:`HEADS` and its case in
+:func:`build_network`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ATTENTION_MODES = ("residual", "multiply")
-HEADS = ("baseline", "cam", "abn")
+HEADS = ("baseline", "cam", "abn", "multitask")
+# attention_mode=None means the head's own: the paper's Eq. 2 for ABN, g·M^t as the authors' CelebA code
+DEFAULT_ATTENTION_MODE = {"abn": "residual", "multitask": "multiply"}
+MAP_POOLINGS = ("max", "avg")  # multitask: how a map becomes its attribute's attention logit
+MAP_ACTIVATIONS = ("none", "sigmoid")  # multitask: the raw 1×1 conv output (the authors'), or its sigmoid
+TASK_HEADS = ("two_way", "one_logit")  # multitask: Linear(C, 2) + softmax CE (the authors'), or Linear(C, 1) + BCE
 BranchDepth = Union[str, int]
 
 
@@ -48,7 +55,8 @@ class ABNOutput(NamedTuple):
     """What every model of :mod:`abn.models` returns.
 
     ``logits``: perception-branch class scores, B×K. ``att_logits``: attention-branch class scores, B×K.
-    ``attention``: the attention map M, B×1×h×w in [0, 1]. The last two are None for heads without a branch.
+    ``attention``: the attention map M, B×1×h×w in [0, 1]. The last two are None for heads without a branch. The
+    ``multitask`` head gives one logit per attribute (B×T) in both branches and one map per attribute, B×T×h×w.
     """
 
     logits: Tensor
@@ -165,6 +173,137 @@ class AttentionBranchNetwork(nn.Module):
         return ABNOutput(self.head(self.last_stage(g)), att_logits, attention)
 
 
+class MultiTaskAttentionBranch(nn.Module):
+    """Stage copy → 1×1 conv C→T without bias: channel t is attribute t's map M^t (no BatchNorm, as the authors'
+    CelebA code). Attribute t's attention logit pools the raw map (global max, or average); ``map_activation``
+    chooses whether the perception branch sees the raw map or its sigmoid."""
+
+    def __init__(self, stage: nn.Module, channels: int, num_tasks: int, pooling: str = "max",
+                 map_activation: str = "none"):
+        super().__init__()
+        self.stage = stage
+        self.map_conv = nn.Conv2d(channels, num_tasks, kernel_size=1, bias=False)
+        self.pooling, self.map_activation = pooling, map_activation
+
+    def init_new_layers(self) -> None:
+        init_weights(self.map_conv)
+
+    def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        maps = self.map_conv(self.stage(g))
+        att_logits = maps.amax(dim=(2, 3)) if self.pooling == "max" else maps.mean(dim=(2, 3))
+        return att_logits, torch.sigmoid(maps) if self.map_activation == "sigmoid" else maps
+
+
+class TaskHeads(nn.Module):
+    """T attribute-specific linear layers on the pooled features, held as one T×O×C weight (O = 2 or 1 outputs).
+
+    A 2-way head (the authors') gives the logit z₁ − z₀: binary cross-entropy on it is exactly the 2-way softmax
+    cross-entropy, so every head form returns one logit per attribute.
+    """
+
+    def __init__(self, channels: int, num_tasks: int, outputs: int = 2):
+        super().__init__()
+        bound = channels ** -0.5  # nn.Linear's default initialisation, per attribute
+        self.weight = nn.Parameter(torch.empty(num_tasks, outputs, channels).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_tasks, outputs).uniform_(-bound, bound))
+
+    def forward(self, pooled: Tensor, tasks: slice = slice(None)) -> Tensor:
+        """``pooled``: B×t×C features of the attributes ``tasks`` → their B×t logits."""
+        scores = torch.einsum("btc,toc->bto", pooled, self.weight[tasks]) + self.bias[tasks]
+        return scores[..., 1] - scores[..., 0] if scores.shape[-1] == 2 else scores[..., 0]
+
+
+class TaskBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that, in training with ``tasks`` = t > 1, treats a batch of B·t images (b-major: image b of
+    attribute j at index b·t + j) as t batches of B: statistics per attribute, running statistics updated t times
+    in attribute order. So one pass over B·t images gives what t passes over B images give (the authors' loop),
+    outputs, gradients and running statistics alike. Same parameters and buffers as ``nn.BatchNorm2d``."""
+
+    tasks: int = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.tasks == 1:
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        per_task = x.reshape(batch // self.tasks, self.tasks * channels, height, width)
+        if self.track_running_stats and self.running_mean is not None:
+            self._update_running_stats(per_task)
+        weight = self.weight.repeat(self.tasks) if self.weight is not None else None
+        bias = self.bias.repeat(self.tasks) if self.bias is not None else None
+        out = F.batch_norm(per_task, None, None, weight, bias, training=True, momentum=0.0, eps=self.eps)
+        return out.reshape(batch, channels, height, width)
+
+    @torch.no_grad()
+    def _update_running_stats(self, per_task: Tensor) -> None:
+        means = per_task.mean(dim=(0, 2, 3)).view(self.tasks, -1)
+        variances = per_task.var(dim=(0, 2, 3), unbiased=True).view(self.tasks, -1)
+        for mean, variance in zip(means, variances):
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(variance.to(self.running_var.dtype), factor)
+
+
+def with_task_batch_norm(stage: nn.Module) -> nn.Module:
+    """``stage`` with every ``nn.BatchNorm2d`` turned into a :class:`TaskBatchNorm2d` (same weights and buffers)."""
+    for module in stage.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = TaskBatchNorm2d
+    return stage
+
+
+class MultiTaskNetwork(nn.Module):
+    """The multi-task ABN (paper §3.4): one attention map per attribute, and for each attribute t the **shared** last
+    stage on g·M^t (or g·(1+M^t)), average pooling and attribute t's own linear head.
+
+    The authors run the last stage T times in a loop; here it runs on ``task_chunk`` attributes at once (a batch of
+    B·task_chunk images), with per-attribute BatchNorm statistics (:class:`TaskBatchNorm2d`), so every chunk size
+    gives the loop's outputs and gradients; ``task_chunk=1`` is the loop. Larger chunks are faster and take more
+    memory; None runs all T at once.
+    """
+
+    head_name = "multitask"
+
+    def __init__(self, features: nn.Module, attention_branch: MultiTaskAttentionBranch, last_stage: nn.Module,
+                 head: TaskHeads, in_chans: int, num_classes: int, attention_mode: str = "multiply",
+                 task_chunk: Optional[int] = None):
+        super().__init__()
+        self.features = features
+        self.attention_branch = attention_branch
+        self.last_stage = with_task_batch_norm(last_stage)
+        self.head = head
+        self.in_chans, self.num_classes = in_chans, num_classes
+        self.attention_mode, self.task_chunk = attention_mode, task_chunk
+
+    check_input = AttentionBranchNetwork.check_input
+
+    def forward(self, x: Tensor) -> ABNOutput:
+        self.check_input(x)
+        g = self.features(x)
+        att_logits, maps = self.attention_branch(g)
+        if maps.shape[-2:] != g.shape[-2:]:
+            maps = F.interpolate(maps, size=g.shape[-2:], mode="bilinear", align_corners=False)
+        chunk = self.task_chunk or self.num_classes
+        logits = [self.task_logits(g, maps, slice(start, min(start + chunk, self.num_classes)))
+                  for start in range(0, self.num_classes, chunk)]
+        return ABNOutput(torch.cat(logits, dim=1), att_logits, maps)
+
+    def task_logits(self, g: Tensor, maps: Tensor, tasks: slice) -> Tensor:
+        """The perception branch of the attributes ``tasks``, as one batch of B·t images."""
+        weights = maps[:, tasks].unsqueeze(2)  # B×t×1×h×w
+        weighted = g.unsqueeze(1) * (1.0 + weights if self.attention_mode == "residual" else weights)
+        batch, count = weighted.shape[:2]
+        norms = [module for module in self.last_stage.modules() if isinstance(module, TaskBatchNorm2d)]
+        for norm in norms:
+            norm.tasks = count
+        try:
+            features = self.last_stage(weighted.flatten(0, 1))
+        finally:
+            for norm in norms:
+                norm.tasks = 1
+        return self.head(features.mean(dim=(2, 3)).view(batch, count, -1), tasks)
+
+
 @dataclass
 class Backbone:
     """A CNN cut before its last stage: what a family builder returns and :func:`build_network` turns into a
@@ -190,11 +329,18 @@ class Backbone:
     initialise: Optional[Callable[[nn.Module], None]] = None
 
 
-def check_head_options(attention_mode: str, map_kernel_size: int) -> None:
+def check_head_options(attention_mode: str, map_kernel_size: int, task_chunk: Optional[int] = None,
+                       map_pooling: str = "max", map_activation: str = "none", task_head: str = "two_way") -> None:
     if attention_mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention_mode {attention_mode!r}; valid: {', '.join(ATTENTION_MODES)}")
     if map_kernel_size not in (1, 3):
         raise ValueError(f"map_kernel_size must be 1 or 3 (the paper draws 1, the official code uses 3), got {map_kernel_size}")
+    if task_chunk is not None and (isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1):
+        raise ValueError(f"task_chunk must be a positive number of attributes (or null: all at once), got {task_chunk!r}")
+    for name, value, valid in (("map_pooling", map_pooling, MAP_POOLINGS), ("map_activation", map_activation,
+                               MAP_ACTIVATIONS), ("task_head", task_head, TASK_HEADS)):
+        if value not in valid:
+            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
 
 def branch_block_count(backbone: Backbone, branch_depth: BranchDepth) -> int:
@@ -213,17 +359,27 @@ def build_network(
     head: str,
     num_classes: int,
     in_chans: int,
-    attention_mode: str = "residual",
+    attention_mode: Optional[str] = None,
     map_kernel_size: int = 3,
     branch_depth: BranchDepth = "full",
-) -> AttentionBranchNetwork:
+    task_chunk: Optional[int] = None,
+    map_pooling: str = "max",
+    map_activation: str = "none",
+    task_head: str = "two_way",
+) -> nn.Module:
     """The ``head`` network of ``backbone``'s parts, initialised. ``head`` is one of :data:`HEADS` (checked by
-    :func:`abn.models.create_model`); the other options apply to the ``abn`` head and are checked here.
+    :func:`abn.models.create_model`); the other options apply to the heads with a branch and are checked here.
 
     ``baseline``: last stage → the backbone's classifier. ``cam``: last stage (or ``cam_stage``) → GAP + linear.
     ``abn``: the baseline plus an attention branch on a stride-1 copy of the last stage's first blocks.
+    ``multitask``: ``num_classes`` attributes, one map each (:class:`MultiTaskNetwork`; ``task_chunk``,
+    ``map_pooling``, ``map_activation`` and ``task_head`` are its options, ``map_kernel_size`` does not apply).
     """
-    check_head_options(attention_mode, map_kernel_size)
+    attention_mode = attention_mode or DEFAULT_ATTENTION_MODE.get(head, "residual")
+    check_head_options(attention_mode, map_kernel_size, task_chunk, map_pooling, map_activation, task_head)
+    if head == "multitask":
+        return build_multitask_network(backbone, num_classes, in_chans, attention_mode, branch_depth, task_chunk,
+                                       map_pooling, map_activation, task_head)
     last_stage, channels = backbone.last_stage, backbone.channels
     if head == "cam":
         classifier = None if backbone.cam_stage else backbone.gap_linear
@@ -244,5 +400,23 @@ def build_network(
     if backbone.initialise is not None:
         backbone.initialise(network)
     elif branch is not None:
+        branch.init_new_layers()
+    return network
+
+
+def build_multitask_network(backbone: Backbone, num_tasks: int, in_chans: int, attention_mode: str,
+                            branch_depth: BranchDepth, task_chunk: Optional[int], map_pooling: str,
+                            map_activation: str, task_head: str) -> MultiTaskNetwork:
+    """The multi-task ABN of ``backbone``: its own classifier is replaced by GAP + one linear head per attribute."""
+    blocks = branch_block_count(backbone, branch_depth)
+    branch_channels = backbone.branch_channels(blocks) if backbone.branch_channels else backbone.channels
+    branch = MultiTaskAttentionBranch(backbone.branch_stage(blocks), branch_channels, num_tasks, map_pooling,
+                                      map_activation)
+    heads = TaskHeads(backbone.channels, num_tasks, outputs=2 if task_head == "two_way" else 1)
+    network = MultiTaskNetwork(backbone.features, branch, backbone.last_stage, heads, in_chans, num_tasks,
+                               attention_mode, task_chunk)
+    if backbone.initialise is not None:
+        backbone.initialise(network)
+    else:
         branch.init_new_layers()
     return network

@@ -89,7 +89,7 @@ def arch_size_note(arch: str, input_size: InputSize) -> Optional[str]:
     return None
 
 
-HEAD_OPTIONS = ("attention_mode", "map_kernel_size", "branch_depth")
+HEAD_OPTIONS = ("attention_mode", "map_kernel_size", "branch_depth", "task_chunk", "map_pooling", "map_activation", "task_head")
 
 
 def family_builder(arch: str, pretrained: bool) -> Callable[..., Backbone]:
@@ -116,13 +116,15 @@ def family_options(builder: Callable[..., Backbone]) -> list[str]:
 def create_model(
     arch: str, head: str = "abn", num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, **kwargs
 ) -> AttentionBranchNetwork:
-    """Build ``arch`` as a ``baseline``, ``cam`` or ``abn`` network. Its own arguments are checked here, the head
-    options by :func:`~abn.models.network.build_network`.
+    """Build ``arch`` as a ``baseline``, ``cam``, ``abn`` or ``multitask`` network. Its own arguments are checked
+    here, the head options by :func:`~abn.models.network.build_network`.
 
     ``arch`` is a registered name (:func:`list_models`) or ``torchvision:<name>`` with ``split=<module name>``
     (any torchvision CNN, cut after that module). Extra keyword arguments are the head options
-    ``attention_mode="residual"|"multiply"``, ``map_kernel_size=3|1``, ``branch_depth="full"|"light"|n`` and the
-    family's own options such as ``dropout`` or ``width``.
+    ``attention_mode="residual"|"multiply"`` (None: the head's own), ``map_kernel_size=3|1``,
+    ``branch_depth="full"|"light"|n``, the multitask options ``task_chunk``, ``map_pooling``, ``map_activation``,
+    ``task_head``, and the family's own options such as ``dropout`` or ``width``. For ``multitask``, ``num_classes``
+    is the number of attributes.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")

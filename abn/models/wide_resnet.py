@@ -49,7 +49,8 @@ def wide_group(in_planes: int, planes: int, num_blocks: int, stride: int, dropou
 def init_wide_resnet(network: nn.Module) -> None:
     """He-normal convolutions, unit BatchNorm and a zero classifier bias, as the official code initialises."""
     init_weights(network)
-    nn.init.zeros_(network.head.fc.bias)
+    classifier = network.head.fc if hasattr(network.head, "fc") else network.head  # multitask: the TaskHeads
+    nn.init.zeros_(classifier.bias)
 
 
 def wide_resnet(

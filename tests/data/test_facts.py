@@ -9,6 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from abn.data.celeba import ATTRIBUTE_NAMES
 from abn.data.facts import DataFacts, adopt_data_facts
 from abn.data.standins import write_standin_celeba
 
@@ -34,7 +35,8 @@ def test_the_class_count_found_in_the_files_and_the_task_fill_the_settings_shown
     GlobalHydra.instance().clear()
     with caplog.at_level(logging.WARNING, logger="abn"):
         facts = adopt_data_facts(cfg, instantiate(cfg.data))
-    assert facts == DataFacts(num_classes=40, task="multilabel", arch=None)  # the configured arch is kept ...
+    # the configured arch is kept, and the attribute names go to the model (it logs each attribute's accuracy) ...
+    assert facts == DataFacts(num_classes=40, task="multilabel", arch=None, attribute_names=ATTRIBUTE_NAMES)
     assert "model.arch=resnet20 is a network for 32-px" in caplog.text  # ... with a note on the image size
     assert cfg.data.num_classes is None and cfg.model.num_classes is None
     settings = OmegaConf.to_container(cfg, resolve=True)

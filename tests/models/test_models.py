@@ -33,8 +33,16 @@ def _seed():
 
 
 def abn_loss(out: ABNOutput, labels: torch.Tensor) -> torch.Tensor:
-    loss = F.cross_entropy(out.logits, labels)
-    return loss if out.att_logits is None else loss + F.cross_entropy(out.att_logits, labels)
+    """The module's loss: cross-entropy on class labels, binary cross-entropy on multi-hot attribute labels."""
+    criterion = F.cross_entropy if labels.dim() == 1 else F.binary_cross_entropy_with_logits
+    loss = criterion(out.logits, labels)
+    return loss if out.att_logits is None else loss + criterion(out.att_logits, labels)
+
+
+def labels_for(head: str, classes: list[int]) -> torch.Tensor:
+    """Class labels, or for the multitask head the same classes as multi-hot attribute vectors."""
+    labels = torch.tensor(classes)
+    return F.one_hot(labels, max(classes) + 1).float() if head == "multitask" else labels
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -53,6 +61,9 @@ def test_output_shapes_and_map(arch, head):
         # one map per image at the resolution of the features it weights
         assert out.attention.shape == (2, 1, *g.shape[-2:])
         assert out.attention.min() >= 0 and out.attention.max() <= 1
+    elif head == "multitask":  # one map per attribute, raw (the authors' maps have no sigmoid)
+        assert out.att_logits.shape == (2, 7) and out.attention.shape == (2, 7, *g.shape[-2:])
+        torch.testing.assert_close(out.att_logits, out.attention.amax(dim=(2, 3)))
     else:
         assert out.att_logits is None and out.attention is None
         assert model.attention_branch is None
@@ -63,7 +74,7 @@ def test_output_shapes_and_map(arch, head):
 def test_gradient_reaches_every_parameter_and_a_step_lowers_the_loss(arch, head):
     size = input_size(arch)
     model = create_model(arch, head=head, num_classes=5, **SMALL.get(arch, {}))
-    x, labels = torch.randn(4, 3, size, size), torch.tensor([1, 3, 0, 4])
+    x, labels = torch.randn(4, 3, size, size), labels_for(head, [1, 3, 0, 4])
     abn_loss(model(x), labels).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reaches {missing}"
@@ -220,8 +231,8 @@ def test_build_network_gives_every_head_of_a_new_backbone(head):
     with torch.no_grad():
         out = net(torch.randn(2, 1, 16, 16))
     assert out.logits.shape == (2, 4) and net.head_name == head
-    if head == "abn":
-        assert out.attention.shape == (2, 1, 16, 16) and out.att_logits.shape == (2, 4)  # the features' resolution
+    if head in ("abn", "multitask"):  # at the features' resolution; one map, or one per attribute
+        assert out.attention.shape == (2, 1 if head == "abn" else 4, 16, 16) and out.att_logits.shape == (2, 4)
         assert len(net.attention_branch.stage) == 1  # light: one block of the last stage
     else:
         assert out.attention is None and net.attention_branch is None
