@@ -162,3 +162,13 @@ def test_unknown_task_and_multilabel_top5_are_refused():
         ABNModule(num_classes=3, task="regression")
     with pytest.raises(ValueError, match="top5=true needs task=multiclass"):
         ABNModule(num_classes=40, task="multilabel", top5=True)
+
+
+def test_the_multitask_head_needs_multi_label_data():
+    with pytest.raises(ValueError, match="head=multitask learns one attention map per attribute of multi-label data"):
+        ABNModule(arch="resnet20", head="multitask", num_classes=5, task="multiclass")
+    with pytest.raises(ValueError, match="2 names for task=multilabel, num_classes=5"):
+        ABNModule(arch="resnet20", head="multitask", num_classes=5, task="multilabel", attribute_names=["a", "b"])
+    module = ABNModule(arch="resnet20", head="multitask", num_classes=2, task="multilabel", attribute_names=["a", "b"])
+    assert module.hparams.attention_mode == "multiply"  # the head's own rule, recorded as resolved
+    assert module.attribute_names == ["a", "b"]

@@ -38,6 +38,8 @@ def test_wrapped_cnn_heads_shapes_and_map(name, split, channels, head):
     if head == "abn":
         assert out.attention.shape == (2, 1, *g.shape[-2:]) and 0 <= out.attention.min() <= out.attention.max() <= 1
         assert out.att_logits.shape == (2, 5)
+    elif head == "multitask":  # one raw map per attribute
+        assert out.attention.shape == (2, 5, *g.shape[-2:]) and out.att_logits.shape == (2, 5)
     else:
         assert out.attention is None
 

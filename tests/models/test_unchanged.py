@@ -21,13 +21,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from abn.models import HEADS, create_model, list_models, model_info
+from abn.models import create_model, list_models, model_info
 
 REFERENCE = Path(__file__).with_name("reference_models.json")
 NUM_CLASSES = 5
 
-# (label, arch, options): every registered arch with every head, plus the builder options and torchvision models
-CASES = [(f"{arch}:{head}", arch, {"head": head}) for arch in list_models() for head in HEADS]
+# the heads that existed when the reference was recorded (the multitask head came after; its tests are
+# tests/models/test_multitask.py)
+RECORDED_HEADS = ("baseline", "cam", "abn")
+# (label, arch, options): every registered arch with every recorded head, plus the builder options and torchvision
+# models
+CASES = [(f"{arch}:{head}", arch, {"head": head}) for arch in list_models() for head in RECORDED_HEADS]
 CASES += [
     ("resnet20:abn:multiply", "resnet20", {"attention_mode": "multiply"}),
     ("resnet20:abn:kernel1", "resnet20", {"map_kernel_size": 1}),
@@ -45,7 +49,7 @@ CASES += [
 CASES += [
     (f"torchvision:{name}:{head}", f"torchvision:{name}", {"head": head, "split": split})
     for name, split in (("resnet18", "layer3"), ("vgg11", "features.15"), ("mobilenet_v2", "features.13"))
-    for head in HEADS
+    for head in RECORDED_HEADS
 ]
 
 
