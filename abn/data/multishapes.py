@@ -19,12 +19,17 @@ import math
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .base import ClassificationDataModule, random_hflip_with_box
-from .shapes import SHAPE_NAMES, SPLIT_CODES, _contrasting_colour, draw_cluttered_background, shape_mask
+from .shapes import (
+    SHAPE_NAMES,
+    DrawnDataModule,
+    DrawnImages,
+    _contrasting_colour,
+    draw_cluttered_background,
+    draw_split,
+    shape_mask,
+)
 
 DEFAULT_ATTRIBUTES = 5
 DEFAULT_MAX_OBJECTS = 3
@@ -118,19 +123,12 @@ def generate_multishapes_split(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Images (N×3×S×S uint8), targets (N×T float 0/1) and boxes (N×T×4, NaN where absent) of a split."""
     check_options(num_attributes, max_objects, image_size)
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLIT_CODES)}")
-    images = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
-    boxes = np.empty((num_samples, num_attributes, 4), dtype=np.float32)
-    for i in range(num_samples):
-        rng = np.random.default_rng((seed, SPLIT_CODES[split], i))
-        image, boxes[i] = draw_multi_sample(rng, num_attributes, max_objects, image_size)
-        images[i] = np.round(image * 255.0)
-    targets = torch.from_numpy(~np.isnan(boxes[:, :, 0])).float()
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), targets, torch.from_numpy(boxes)
+    images, boxes = draw_split(num_samples, split, seed, image_size, (num_attributes, 4),
+                               lambda rng, i: draw_multi_sample(rng, num_attributes, max_objects, image_size))
+    return images, (~boxes[:, :, 0].isnan()).float(), boxes
 
 
-class MultiShapesDataset(Dataset):
+class MultiShapesDataset(DrawnImages):
     """(image, target, boxes) triples; ``transform`` takes and returns (float image in [0, 1], T×4 boxes)."""
 
     def __init__(
@@ -143,28 +141,15 @@ class MultiShapesDataset(Dataset):
         image_size: int = 48,
         transform: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = None,
     ):
-        self.images, self.targets, self.boxes = generate_multishapes_split(
-            num_samples, num_attributes, max_objects, split, seed, image_size
-        )
-        self.classes = list(SHAPE_NAMES[:num_attributes])
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        image, boxes = self.images[index].float().div_(255.0), self.boxes[index].clone()
-        if self.transform is not None:
-            image, boxes = self.transform(image, boxes)
-        return image, self.targets[index], boxes
+        images, targets, boxes = generate_multishapes_split(num_samples, num_attributes, max_objects, split, seed,
+                                                            image_size)
+        super().__init__(images, targets, boxes, SHAPE_NAMES[:num_attributes], transform)
 
 
-class MultiShapesDataModule(ClassificationDataModule):
+class MultiShapesDataModule(DrawnDataModule):
     """The embedded multi-attribute data set (no download): ``num_attributes`` shape kinds, each an attribute;
     train/val/test drawn from ``seed``. ``num_classes`` is set from ``num_attributes`` (null in the config)."""
 
-    mean = (0.5, 0.5, 0.5)
-    std = (0.25, 0.25, 0.25)
     task = "multilabel"
     title = "the multi-shapes data set"
 
@@ -191,31 +176,16 @@ class MultiShapesDataModule(ClassificationDataModule):
             raise ValueError(f"the multi-shapes data set has one output per attribute: num_attributes={num_attributes} "
                              f"but data.num_classes={num_classes}; set data.num_classes=null (the data module sets it) "
                              f"or change data.num_attributes")
-        super().__init__(num_attributes, in_chans, batch_size, num_workers, pin_memory)
-        self.max_objects, self.image_size, self.seed, self.hflip = max_objects, image_size, seed, hflip
-        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        for split, size in self.sizes.items():
-            if size < 1:
-                raise ValueError(f"{split}_size must be at least 1, got {size}")
-        self.classes = list(SHAPE_NAMES[:num_attributes])
-
-    def _train_transform(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        if self.hflip:
-            image, boxes = random_hflip_with_box(image, boxes)  # NaN rows (absent attributes) stay NaN
-        return self.normalize(image), boxes
-
-    def _eval_transform(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        return self.normalize(image), boxes
+        super().__init__(num_attributes, in_chans, image_size, train_size, val_size, test_size, seed, hflip,
+                         batch_size, num_workers, pin_memory)
+        self.max_objects = max_objects
 
     def _make(self, split: str) -> MultiShapesDataset:
-        transform = self._train_transform if split == "train" else self._eval_transform
         return MultiShapesDataset(self.sizes[split], self.num_classes, self.max_objects, split, self.seed,
-                                  self.image_size, transform)
+                                  self.image_size, self._transform(split))
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._make("train")
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._make("val")
-        if stage in (None, "test") and self.test_set is None:
-            self.test_set = self._make("test")
+    def train_label_frequencies(self) -> Tensor:
+        """The share of training images in which each attribute is present (T values, for the frequency weights of
+        ``ABNModule(attribute_weights="frequency")``)."""
+        self.setup("fit")
+        return self.train_set.targets.mean(dim=0)

@@ -13,7 +13,7 @@ size varies, so global colour statistics say (almost) nothing about the class: o
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -103,25 +103,62 @@ def draw_sample(
     return np.clip(image, 0.0, 1.0), box
 
 
+def draw_split(
+    num_samples: int, split: str, seed: int, image_size: int, box_shape: tuple[int, ...],
+    draw: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]],
+) -> tuple[Tensor, Tensor]:
+    """Images (N×3×S×S uint8) and boxes (N×``box_shape``) of a split of an embedded data set: ``draw(rng, i)`` gives
+    the float image in [0, 1] and the boxes of sample ``i`` from its own generator, seeded by (seed, split, i)."""
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLIT_CODES)}")
+    images = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
+    boxes = np.empty((num_samples, *box_shape), dtype=np.float32)
+    for i in range(num_samples):
+        rng = np.random.default_rng((seed, SPLIT_CODES[split], i))
+        image, boxes[i] = draw(rng, i)
+        images[i] = np.round(image * 255.0)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(boxes)
+
+
 def generate_split(
     num_samples: int, num_classes: int, split: str, seed: int = 0, image_size: int = 32
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Images (N×3×S×S uint8), labels (N) and boxes (N×4) of a split; balanced labels, deterministic."""
     if not 2 <= num_classes <= len(SHAPE_NAMES):
         raise ValueError(f"the shapes data set has 2 to {len(SHAPE_NAMES)} classes, got num_classes={num_classes}")
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLIT_CODES)}")
-    images = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
-    boxes = np.empty((num_samples, 4), dtype=np.float32)
     labels = np.arange(num_samples) % num_classes
-    for i in range(num_samples):
-        rng = np.random.default_rng((seed, SPLIT_CODES[split], i))
-        image, boxes[i] = draw_sample(rng, int(labels[i]), image_size)
-        images[i] = np.round(image * 255.0)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), torch.from_numpy(boxes)
+    images, boxes = draw_split(num_samples, split, seed, image_size, (4,),
+                               lambda rng, i: draw_sample(rng, int(labels[i]), image_size))
+    return images, torch.from_numpy(labels), boxes
 
 
-class ShapesDataset(Dataset):
+class DrawnImages(Dataset):
+    """(image, target, boxes) triples of an embedded data set, from its uint8 images held in memory; ``transform``
+    takes and returns (float image in [0, 1], boxes)."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        boxes: Tensor,
+        classes: Sequence[str],
+        transform: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = None,
+    ):
+        self.images, self.targets, self.boxes = images, targets, boxes
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        image, boxes = self.images[index].float().div_(255.0), self.boxes[index].clone()
+        if self.transform is not None:
+            image, boxes = self.transform(image, boxes)
+        return image, self.targets[index], boxes
+
+
+class ShapesDataset(DrawnImages):
     """(image, label, box) triples; ``transform`` takes and returns (float image in [0, 1], box)."""
 
     def __init__(
@@ -133,25 +170,70 @@ class ShapesDataset(Dataset):
         image_size: int = 32,
         transform: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = None,
     ):
-        self.images, self.labels, self.boxes = generate_split(num_samples, num_classes, split, seed, image_size)
-        self.classes = list(SHAPE_NAMES[:num_classes])
-        self.transform = transform
+        images, labels, boxes = generate_split(num_samples, num_classes, split, seed, image_size)
+        super().__init__(images, labels, boxes, SHAPE_NAMES[:num_classes], transform)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        image, box = self.images[index].float().div_(255.0), self.boxes[index].clone()
-        if self.transform is not None:
-            image, box = self.transform(image, box)
-        return image, self.labels[index], box
+    @property
+    def labels(self) -> Tensor:
+        """The class index of each image (the targets)."""
+        return self.targets
 
 
-class ShapesDataModule(ClassificationDataModule):
-    """The embedded default data set (no download): ``num_classes`` shapes, train/val/test drawn from ``seed``."""
+class DrawnDataModule(ClassificationDataModule):
+    """What the embedded data modules share: train/val/test drawn from ``seed`` in ``setup`` (``_make``), normalised,
+    and the training images mirrored with probability 1/2 together with their boxes (``hflip``)."""
 
     mean = (0.5, 0.5, 0.5)
     std = (0.25, 0.25, 0.25)
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int,
+        image_size: int,
+        train_size: int,
+        val_size: int,
+        test_size: int,
+        seed: int,
+        hflip: bool,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+    ):
+        super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
+        self.image_size, self.seed, self.hflip = image_size, seed, hflip
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        for split, size in self.sizes.items():
+            if size < 1:
+                raise ValueError(f"{split}_size must be at least 1, got {size}")
+        self.classes = list(SHAPE_NAMES[:num_classes])
+
+    def _train_transform(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        if self.hflip:
+            image, boxes = random_hflip_with_box(image, boxes)  # NaN rows (absent attributes) stay NaN
+        return self.normalize(image), boxes
+
+    def _eval_transform(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        return self.normalize(image), boxes
+
+    def _transform(self, split: str) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        return self._train_transform if split == "train" else self._eval_transform
+
+    def _make(self, split: str) -> DrawnImages:
+        """The data set of ``split`` (``train``, ``val`` or ``test``) with ``self._transform(split)``."""
+        raise NotImplementedError
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._make("train")
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self._make("val")
+        if stage in (None, "test") and self.test_set is None:
+            self.test_set = self._make("test")
+
+
+class ShapesDataModule(DrawnDataModule):
+    """The embedded default data set (no download): ``num_classes`` shapes, train/val/test drawn from ``seed``."""
 
     def __init__(
         self,
@@ -167,36 +249,15 @@ class ShapesDataModule(ClassificationDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
     ):
-        super().__init__(num_classes, in_chans, batch_size, num_workers, pin_memory)
         if in_chans != 3:
             raise ValueError(f"the shapes data set has 3 channels (colour carries no class information); got in_chans={in_chans}")
         if not 2 <= num_classes <= len(SHAPE_NAMES):
             raise ValueError(f"the shapes data set has 2 to {len(SHAPE_NAMES)} classes, got num_classes={num_classes}")
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
-        self.image_size, self.seed, self.hflip = image_size, seed, hflip
-        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        for split, size in self.sizes.items():
-            if size < 1:
-                raise ValueError(f"{split}_size must be at least 1, got {size}")
-        self.classes = list(SHAPE_NAMES[:num_classes])
-
-    def _train_transform(self, image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
-        if self.hflip:
-            image, box = random_hflip_with_box(image, box)
-        return self.normalize(image), box
-
-    def _eval_transform(self, image: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
-        return self.normalize(image), box
+        super().__init__(num_classes, in_chans, image_size, train_size, val_size, test_size, seed, hflip, batch_size,
+                         num_workers, pin_memory)
 
     def _make(self, split: str) -> ShapesDataset:
-        transform = self._train_transform if split == "train" else self._eval_transform
-        return ShapesDataset(self.sizes[split], self.num_classes, split, self.seed, self.image_size, transform)
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._make("train")
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._make("val")
-        if stage in (None, "test") and self.test_set is None:
-            self.test_set = self._make("test")
+        return ShapesDataset(self.sizes[split], self.num_classes, split, self.seed, self.image_size,
+                             self._transform(split))

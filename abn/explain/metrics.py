@@ -232,15 +232,11 @@ class PointingGame(Metric):
         return (self.hits / self.total.clamp(min=1)).float()
 
 
-class EnergyPointingGame(Metric):
-    """Energy-based pointing game: mean over maps of the share of the map's mass inside the box.
-
-    Each map is clamped to ≥ 0; per map the score is sum(map · box mask) / sum(map), and an all-zero map
-    scores 0. ``compute()`` returns the mean score in [0, 1].
-    """
+class _MapEnergy(Metric):
+    """Shared by the energy metrics: per map, the share of its mass (the map clamped to ≥ 0) on a region of the
+    image; an all-zero map scores 0. ``compute()`` returns the mean over the maps counted."""
 
     is_differentiable = False
-    higher_is_better = True
     full_state_update = False
 
     score_sum: Tensor
@@ -251,12 +247,19 @@ class EnergyPointingGame(Metric):
         self.add_state("score_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def update(self, maps: Tensor, boxes: Tensor, image_size: Optional[tuple[int, int]] = None) -> None:
+    @staticmethod
+    def _maps_and_own_boxes(maps: Tensor, boxes: Tensor,
+                            image_size: Optional[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """The B×H×W maps at the image size, clamped to ≥ 0, and the B×H×W masks of their (own) boxes."""
         maps = _as_map_batch(maps)
         height, width = _image_size(maps, image_size)
         maps = _resize_maps(maps, (height, width)).clamp(min=0)
         boxes = _check_boxes(boxes, maps.shape[0]).to(maps.device)
-        inside = (maps * _box_masks(boxes, height, width)).sum(dim=(1, 2))
+        return maps, _box_masks(boxes, height, width)
+
+    def _add(self, maps: Tensor, region: Tensor) -> None:
+        """Count each of the B maps, scored on its own B×H×W boolean ``region``."""
+        inside = (maps * region).sum(dim=(1, 2))
         mass = maps.sum(dim=(1, 2))
         scores = torch.where(mass > 0, inside / mass.clamp(min=1e-30), torch.zeros_like(mass))
         self.score_sum += scores.sum().to(self.score_sum)
@@ -266,7 +269,21 @@ class EnergyPointingGame(Metric):
         return (self.score_sum / self.total.clamp(min=1)).float()
 
 
-class OtherObjectsEnergy(Metric):
+class EnergyPointingGame(_MapEnergy):
+    """Energy-based pointing game: mean over maps of the share of the map's mass inside the box.
+
+    Each map is clamped to ≥ 0; per map the score is sum(map · box mask) / sum(map), and an all-zero map
+    scores 0. ``compute()`` returns the mean score in [0, 1].
+    """
+
+    higher_is_better = True
+
+    def update(self, maps: Tensor, boxes: Tensor, image_size: Optional[tuple[int, int]] = None) -> None:
+        maps, own = self._maps_and_own_boxes(maps, boxes, image_size)
+        self._add(maps, own)
+
+
+class OtherObjectsEnergy(_MapEnergy):
     """For multi-label data: the share of an attribute's map that falls on the *other* objects of the image.
 
     ``boxes``: the attribute's own box per map (B×4); ``other_boxes``: B×K×4 boxes of the image's other objects,
@@ -278,42 +295,26 @@ class OtherObjectsEnergy(Metric):
     the own box, own + other ≤ 1.
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
-
-    score_sum: Tensor
-    total: Tensor
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("score_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, maps: Tensor, boxes: Tensor, other_boxes: Tensor,
                image_size: Optional[tuple[int, int]] = None) -> None:
-        maps = _as_map_batch(maps)
-        height, width = _image_size(maps, image_size)
-        maps = _resize_maps(maps, (height, width)).clamp(min=0)
-        own = _box_masks(_check_boxes(boxes, maps.shape[0]).to(maps.device), height, width)
+        maps, own = self._maps_and_own_boxes(maps, boxes, image_size)
         other_boxes = torch.as_tensor(other_boxes).float().to(maps.device)
         if other_boxes.dim() != 3 or other_boxes.shape[0] != maps.shape[0] or other_boxes.shape[2] != 4:
             raise ValueError(f"other_boxes must have shape B×K×4 (NaN rows where there is no object) for "
                              f"{maps.shape[0]} maps, got {tuple(other_boxes.shape)}")
+        height, width = maps.shape[1:]
         present = torch.isfinite(other_boxes).all(dim=2)  # B×K
         others = torch.zeros_like(own)
         for k in range(other_boxes.shape[1]):
             masks = _box_masks(torch.nan_to_num(other_boxes[:, k]), height, width)
             others |= masks & present[:, k, None, None]
         counted = present.any(dim=1)
-        inside = (maps * (others & ~own)).sum(dim=(1, 2))
-        mass = maps.sum(dim=(1, 2))
-        scores = torch.where(mass > 0, inside / mass.clamp(min=1e-30), torch.zeros_like(mass))
-        self.score_sum += scores[counted].sum().to(self.score_sum)
-        self.total += counted.sum().to(self.total)
+        self._add(maps[counted], (others & ~own)[counted])
 
     def compute(self) -> Tensor:
-        return (self.score_sum / self.total).float()
+        return (self.score_sum / self.total).float()  # NaN when no map was counted
 
 
 # ----------------------------------------------------------------------------------------------------------------
