@@ -15,9 +15,14 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from .models import ABNOutput, create_model
-from .models.network import DEFAULT_ATTENTION_MODE
+from .models.network import resolve_attention_mode
 
 STAGES = ("train", "val", "test")
+# multilabel loss per attribute: binary cross-entropy (the authors'), or the PyTorch port's focal loss BCE·(1 − p_t)^γ
+LABEL_LOSSES = ("bce", "focal")
+# multilabel weight of each attribute's loss: none (all 1), or the port's ∝ exp(−frequency in the training data)
+ATTRIBUTE_WEIGHTS = ("none", "frequency")
+WEIGHTS_BUFFER = "attribute_loss_weights"
 
 
 class ABNModule(L.LightningModule):
@@ -28,6 +33,10 @@ class ABNModule(L.LightningModule):
     attribute's accuracy is logged too, as ``{stage}_attributes/<name>`` (``attribute_names``, from the data).
     ``head="multitask"`` (one map per attribute, the paper's CelebA model) needs multilabel data; its options
     ``task_chunk``, ``map_pooling``, ``map_activation`` and ``task_head`` are described in ``conf/model/default.yaml``.
+    Multilabel models can train on the PyTorch port's loss instead of plain BCE (both branches alike):
+    ``label_loss="focal"`` (BCE·(1 − p_t)^``focal_gamma``) and ``attribute_weights="frequency"`` (each attribute's
+    loss weighted ∝ exp(−its frequency in the training data), the weights summing to T). The weights are computed
+    from the data module (``train_label_frequencies()``) when fitting starts and kept in the checkpoint.
 
     The network is ``create_model(arch, head, num_classes, in_chans, pretrained, split=..., branch_depth=...,
     **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
@@ -65,10 +74,14 @@ class ABNModule(L.LightningModule):
         map_activation: str = "none",
         task_head: str = "two_way",
         attribute_names: Optional[list[str]] = None,
+        label_loss: str = "bce",
+        focal_gamma: float = 2.0,
+        attribute_weights: str = "none",
     ):
         super().__init__()
         if task not in ("multiclass", "multilabel"):
             raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+        check_label_loss(task, label_loss, focal_gamma, attribute_weights)
         if head == "multitask" and task != "multilabel":
             raise ValueError("head=multitask learns one attention map per attribute of multi-label data (e.g. "
                              "data=celeba, data=multishapes); this data is single-label (task=multiclass): use "
@@ -78,7 +91,7 @@ class ABNModule(L.LightningModule):
             if task != "multilabel" or len(attribute_names) != num_classes:
                 raise ValueError(f"attribute_names are for multilabel models, one per output: got "
                                  f"{len(attribute_names)} names for task={task}, num_classes={num_classes}")
-        attention_mode = attention_mode or DEFAULT_ATTENTION_MODE.get(head, "residual")  # recorded as resolved
+        attention_mode = resolve_attention_mode(head, attention_mode)  # recorded as resolved
         if task == "multilabel" and top5:
             raise ValueError("top5=true needs task=multiclass (a multilabel model has no single top-5)")
         if scheduler_interval not in ("epoch", "step"):
@@ -121,6 +134,8 @@ class ABNModule(L.LightningModule):
             if task == "multilabel" and stage != "train":
                 metrics[f"{stage}_attributes"] = MultilabelAccuracy(num_classes, average=None)
         self.metrics = nn.ModuleDict(metrics)
+        if attribute_weights == "frequency":  # 1 until fitting starts (setup), then the training data's
+            self.register_buffer(WEIGHTS_BUFFER, torch.ones(num_classes))
 
     @property
     def attribute_names(self) -> list[str]:
@@ -144,9 +159,51 @@ class ABNModule(L.LightningModule):
         return self.net(x)
 
     def criterion(self, logits: Tensor, labels: Tensor) -> Tensor:
-        if self.hparams.task == "multilabel":
+        if self.hparams.task != "multilabel":
+            return F.cross_entropy(logits, labels)
+        focal, weighted = self.hparams.label_loss == "focal", self.hparams.attribute_weights == "frequency"
+        if not focal and not weighted:
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return F.cross_entropy(logits, labels)
+        logits = logits.float()  # the modulating factor in float32 under bf16 autocast, as BCE itself
+        targets = labels.to(logits.dtype)
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # B×T
+        if focal:
+            losses = losses * focal_factor(logits, targets, self.hparams.focal_gamma)
+        if weighted:
+            losses = losses * getattr(self, WEIGHTS_BUFFER)
+        return losses.mean()
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.attribute_weights == "frequency":
+            getattr(self, WEIGHTS_BUFFER).copy_(frequency_weights(self._train_label_frequencies()))
+
+    def _train_label_frequencies(self) -> Tensor:
+        """The share of positive training labels of each attribute, from the data module being fitted."""
+        datamodule = self.trainer.datamodule
+        if not callable(getattr(datamodule, "train_label_frequencies", None)):
+            given = "no data module" if datamodule is None else f"the data module {type(datamodule).__name__}"
+            raise ValueError(f"attribute_weights=frequency weighs each attribute by how often it is present in the "
+                             f"training data, but {given} gives these frequencies (train_label_frequencies()): fit "
+                             "with a multi-label data module that does (data=celeba, data=multishapes; "
+                             "trainer.fit(model, datamodule=...)), or set model.attribute_weights=none")
+        frequencies = torch.as_tensor(datamodule.train_label_frequencies(), dtype=torch.float32).cpu()
+        if frequencies.shape != (self.hparams.num_classes,):
+            raise ValueError(f"the data module gave {tuple(frequencies.shape)} label frequencies for a model of "
+                             f"{self.hparams.num_classes} attributes; they must be one per attribute (data and "
+                             "model.num_classes must agree)")
+        return frequencies
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written without the frequency weights (older, or by a model without them) loads into a model
+        with them, which keeps its own (those of its training data when fitting); weights saved by a model with
+        them are dropped by one without. Both directions load with strict key checking."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        if hasattr(self, WEIGHTS_BUFFER):
+            state.setdefault(WEIGHTS_BUFFER, getattr(self, WEIGHTS_BUFFER).detach().clone())
+        else:
+            state.pop(WEIGHTS_BUFFER, None)
 
     def _step(self, batch: Any, stage: str) -> Tensor:
         images, labels = batch[0].contiguous(memory_format=self.memory_format), batch[1]
@@ -243,3 +300,40 @@ class ABNModule(L.LightningModule):
                     "the run that wrote it. Resume it with that run's settings (abn-train ckpt_path=<run>/checkpoints/"
                     "last.ckpt reads them from the run folder), or start a new run without ckpt_path"
                 )
+
+
+def check_label_loss(task: str, label_loss: str, focal_gamma: float, attribute_weights: str) -> None:
+    """One ValueError per bad multilabel loss setting, naming it and what to set instead."""
+    if label_loss not in LABEL_LOSSES:
+        raise ValueError(f"label_loss must be one of {', '.join(LABEL_LOSSES)} (bce: plain binary cross-entropy, the "
+                         f"authors'; focal: the PyTorch port's focal loss), got {label_loss!r}")
+    if attribute_weights not in ATTRIBUTE_WEIGHTS:
+        raise ValueError(f"attribute_weights must be one of {', '.join(ATTRIBUTE_WEIGHTS)} (none: every attribute "
+                         f"weighs 1; frequency: the port's weights from the training data), got {attribute_weights!r}")
+    if not focal_gamma >= 0:
+        raise ValueError(f"focal_gamma must be 0 or more (the exponent of 1 − p_t; 0 is plain binary cross-entropy, "
+                         f"the PyTorch port uses 2), got {focal_gamma}")
+    chosen = [(name, value, default) for name, value, default in (("label_loss", label_loss, "bce"),
+                                                                  ("attribute_weights", attribute_weights, "none"))
+              if value != default]
+    if chosen and task != "multilabel":
+        given = " and ".join(f"{name}={value}" for name, value, _ in chosen)
+        fix = " and ".join(f"model.{name}={default}" for name, _, default in chosen)
+        raise ValueError(f"{given} apply to multi-label data (one binary output per attribute, e.g. data=celeba, "
+                         f"data=multishapes); this data is single-label (task=multiclass, softmax cross-entropy): set "
+                         f"{fix}, or choose multi-label data")
+
+
+def focal_factor(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
+    """(1 − p_t)^γ, p_t the predicted probability of the true label: near 0 where the model is already right and
+    sure, so the focal loss dwells on the attributes it gets wrong."""
+    probabilities = torch.sigmoid(logits)
+    true_label_probability = probabilities * targets + (1.0 - probabilities) * (1.0 - targets)
+    return (1.0 - true_label_probability).pow(gamma)
+
+
+def frequency_weights(frequencies: Tensor) -> Tensor:
+    """The PyTorch port's attribute weights: ∝ exp(−frequency), scaled to sum to T (mean 1), so rare attributes weigh
+    more (by at most e between an attribute never and one always present)."""
+    weights = torch.exp(-frequencies.double())
+    return (weights * len(weights) / weights.sum()).float()

@@ -256,3 +256,12 @@ class CelebADataModule(ClassificationDataModule):
         where = f"{self.partition_file}, images in {self.image_folder}"
         for name in ("train", "val", "test"):
             check_not_empty(name, getattr(self, f"{name}_set"), where)
+
+    def train_label_frequencies(self) -> Tensor:
+        """The share of training images (those found on disk) with each of the 40 attributes, for the frequency
+        weights of ``ABNModule(attribute_weights="frequency")``; only when all attributes are learnt at once."""
+        if self.attribute is not None:
+            raise ValueError(f"label frequencies are per attribute of the multi-label task; data.attribute="
+                             f"{self.attribute} learns one attribute as two classes: set data.attribute=null")
+        self.setup("fit")
+        return torch.stack(self.train_set.targets).mean(dim=0)

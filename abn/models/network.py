@@ -186,7 +186,10 @@ class MultiTaskAttentionBranch(nn.Module):
         self.pooling, self.map_activation = pooling, map_activation
 
     def init_new_layers(self) -> None:
-        init_weights(self.map_conv)
+        """LeCun-normal (std 1/sqrt(C)), the scale of a linear classifier on the features (Chainer's default, which
+        the authors' code used). He-normal fan-out would give std sqrt(2/T): raw maps in the hundreds after a few
+        steps from scratch, which the perception branch multiplies into its features."""
+        nn.init.normal_(self.map_conv.weight, std=self.map_conv.in_channels ** -0.5)
 
     def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
         maps = self.map_conv(self.stage(g))
@@ -245,10 +248,15 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
 
 def with_task_batch_norm(stage: nn.Module) -> nn.Module:
-    """``stage`` with every ``nn.BatchNorm2d`` turned into a :class:`TaskBatchNorm2d` (same weights and buffers)."""
-    for module in stage.modules():
-        if type(module) is nn.BatchNorm2d:
-            module.__class__ = TaskBatchNorm2d
+    """``stage`` with every ``nn.BatchNorm2d`` replaced by a :class:`TaskBatchNorm2d` holding its weights and buffers."""
+    for name, child in list(stage.named_children()):
+        if type(child) is nn.BatchNorm2d:
+            task_norm = TaskBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                        child.track_running_stats)
+            task_norm.load_state_dict(child.state_dict())
+            setattr(stage, name, task_norm)
+        else:
+            with_task_batch_norm(child)
     return stage
 
 
@@ -271,6 +279,8 @@ class MultiTaskNetwork(nn.Module):
         self.features = features
         self.attention_branch = attention_branch
         self.last_stage = with_task_batch_norm(last_stage)
+        # the layers whose ``tasks`` each chunk sets (a tuple, not registered twice as submodules)
+        self.task_norms = tuple(module for module in self.last_stage.modules() if isinstance(module, TaskBatchNorm2d))
         self.head = head
         self.in_chans, self.num_classes = in_chans, num_classes
         self.attention_mode, self.task_chunk = attention_mode, task_chunk
@@ -293,13 +303,12 @@ class MultiTaskNetwork(nn.Module):
         weights = maps[:, tasks].unsqueeze(2)  # B×t×1×h×w
         weighted = g.unsqueeze(1) * (1.0 + weights if self.attention_mode == "residual" else weights)
         batch, count = weighted.shape[:2]
-        norms = [module for module in self.last_stage.modules() if isinstance(module, TaskBatchNorm2d)]
-        for norm in norms:
+        for norm in self.task_norms:
             norm.tasks = count
         try:
             features = self.last_stage(weighted.flatten(0, 1))
         finally:
-            for norm in norms:
+            for norm in self.task_norms:
                 norm.tasks = 1
         return self.head(features.mean(dim=(2, 3)).view(batch, count, -1), tasks)
 
@@ -327,6 +336,11 @@ class Backbone:
     # initialises the whole network once built (backbones trained from scratch); None: the parts keep their
     # weights (pretrained, or set by the family) and only the layers build_network adds are initialised
     initialise: Optional[Callable[[nn.Module], None]] = None
+
+
+def resolve_attention_mode(head: str, attention_mode: Optional[str]) -> str:
+    """The configured mode, or the head's own where none is set (residual for abn, multiply for multitask)."""
+    return attention_mode or DEFAULT_ATTENTION_MODE.get(head, "residual")
 
 
 def check_head_options(attention_mode: str, map_kernel_size: int, task_chunk: Optional[int] = None,
@@ -375,7 +389,7 @@ def build_network(
     ``multitask``: ``num_classes`` attributes, one map each (:class:`MultiTaskNetwork`; ``task_chunk``,
     ``map_pooling``, ``map_activation`` and ``task_head`` are its options, ``map_kernel_size`` does not apply).
     """
-    attention_mode = attention_mode or DEFAULT_ATTENTION_MODE.get(head, "residual")
+    attention_mode = resolve_attention_mode(head, attention_mode)
     check_head_options(attention_mode, map_kernel_size, task_chunk, map_pooling, map_activation, task_head)
     if head == "multitask":
         return build_multitask_network(backbone, num_classes, in_chans, attention_mode, branch_depth, task_chunk,
@@ -417,6 +431,5 @@ def build_multitask_network(backbone: Backbone, num_tasks: int, in_chans: int, a
                                attention_mode, task_chunk)
     if backbone.initialise is not None:
         backbone.initialise(network)
-    else:
-        branch.init_new_layers()
+    branch.init_new_layers()  # after the family's initialisation, which would give the maps a convolution's scale
     return network

@@ -103,6 +103,26 @@ def test_the_default_is_the_authors_model():
     assert create_model("resnet20", head="abn").attention_mode == "residual"
 
 
+@pytest.mark.parametrize("arch", ["resnet20", "wrn16_8", "densenet_bc100", "resnet18"])
+def test_maps_start_at_the_scale_of_a_linear_classifier(arch):
+    """The 1×1 map convolution starts LeCun-normal (std 1/sqrt(C), as the authors' Chainer default), also in the
+    families that initialise every convolution He-normal: at std sqrt(2/T) the raw maps reach hundreds within a
+    few steps from scratch."""
+    weight = create_model(arch, head="multitask", num_classes=40).attention_branch.map_conv.weight
+    assert weight.std().item() == pytest.approx(weight.shape[1] ** -0.5, rel=0.1)
+
+
+def test_the_shared_stage_keeps_the_plain_stage_parameters_and_buffers():
+    """Per-attribute BatchNorm replaces the stage's layers without renaming anything: a state dict of the plain
+    stage (e.g. pretrained weights) loads into it, and every BatchNorm of the stage is replaced."""
+    net = create_model("resnet20", head="multitask", num_classes=NUM_TASKS)
+    plain = create_model("resnet20", head="baseline", num_classes=NUM_TASKS).last_stage
+    net.last_stage.load_state_dict(plain.state_dict())
+    norms = [m for m in net.last_stage.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, TaskBatchNorm2d) for m in norms)
+    assert set(net.task_norms) == set(norms)
+
+
 def test_two_way_head_loss_is_the_two_way_softmax_cross_entropy():
     net = create_model("resnet20", head="multitask", num_classes=NUM_TASKS, task_chunk=None).eval()
     x, targets = torch.randn(2, 3, 32, 32), labels(2)
