@@ -61,15 +61,24 @@ def peak_memory(arch: str, options: dict, args, device: torch.device) -> float:
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
+def peak_resident_kib() -> float:
+    """This process's peak resident memory in KiB. Linux: VmHWM of /proc/self/status, the peak of this program's
+    own memory; getrusage's ru_maxrss is not, as a child started by a larger parent inherits the parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            return float(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+    except (OSError, StopIteration):
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def measure_memory_here(spec: str, args) -> None:
     """The child process of :func:`peak_memory` on the CPU: prints the peak resident MiB above its start."""
     parsed = json.loads(spec)
-    torch.set_num_threads(torch.get_num_threads())
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = peak_resident_kib()
     measured = timer(parsed["arch"], parsed["options"], args, torch.device("cpu"))
     for _ in range(2):
         measured.step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024)  # ru_maxrss is in KiB on Linux
+    print((peak_resident_kib() - start) / 1024)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import csv
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -237,6 +238,25 @@ def column_maps(net: nn.Module, images: Tensor, column: Column, preds: Tensor, l
     return maps_pred, explain(net, images, column.method, targets=labels, layer=column.layer, seed=seed)
 
 
+class Progress:
+    """Logs, from the second batch on, how many batches are done and about how long the rest will take: every
+    method on every image (and, on multi-label data, every attribute) with the faithfulness metrics runs the model
+    dozens of times per image, so a whole split can take long; ``num_batches`` limits it."""
+
+    def __init__(self, cfg: DictConfig, loader: Any):
+        total = len(loader)
+        self.total = total if cfg.num_batches is None else min(total, cfg.num_batches)
+        self.start = time.monotonic()
+
+    def started(self, batch_index: int) -> None:
+        if batch_index == 0:
+            return
+        elapsed = time.monotonic() - self.start
+        left = elapsed / batch_index * (self.total - batch_index)
+        logging.getLogger("abn").info(f"explained {batch_index}/{self.total} batches in {elapsed:.0f} s; about "
+                                      f"{left / 60:.1f} min left (num_batches=<n> explains fewer)")
+
+
 def explain_split(cfg: DictConfig, prepared: Prepared) -> Explained:
     """Explain every batch (up to ``num_batches``) with every column, score the maps and keep those of the first
     ``grid_batches`` batches for the grids."""
@@ -244,9 +264,11 @@ def explain_split(cfg: DictConfig, prepared: Prepared) -> Explained:
     scores: dict[str, Scores] = {}
     grids: list[GridBatch] = []
     correct = correct_att = seen = 0
+    progress = Progress(cfg, prepared.loader)
     for batch_index, batch in enumerate(prepared.loader):
         if cfg.num_batches is not None and batch_index >= cfg.num_batches:
             break
+        progress.started(batch_index)
         images, labels = batch[0].to(device), batch[1].to(device)
         boxes = batch[2].to(device) if len(batch) > 2 else None
         with torch.no_grad():
@@ -292,9 +314,11 @@ def explain_attributes(cfg: DictConfig, prepared: Prepared) -> Explained:
     correct = torch.zeros(len(names), dtype=torch.long)
     correct_att = torch.zeros(len(names), dtype=torch.long)
     seen = 0
+    progress = Progress(cfg, prepared.loader)
     for batch_index, batch in enumerate(prepared.loader):
         if cfg.num_batches is not None and batch_index >= cfg.num_batches:
             break
+        progress.started(batch_index)
         images, labels = batch[0].to(device), batch[1].to(device) > 0.5
         boxes = batch[2].to(device) if len(batch) > 2 else None
         with torch.no_grad():

@@ -72,6 +72,17 @@ def test_several_layers_give_a_row_each_and_localisation_only(tmp_path, trained_
     assert not list((tmp_path / "grids").iterdir()) and not (tmp_path / "tensorboard").exists()
 
 
+def test_progress_says_how_much_is_left(tmp_path, trained_run, caplog):
+    """A long explanation run says after each batch how far it is and how long the rest will take."""
+    cfg = explain_config(tmp_path, trained_run, ["methods=[abn]", "batch_size=4", "num_batches=3", "grid_batches=0",
+                                                 "tensorboard=false", "metrics.faithfulness=false"])
+    with caplog.at_level("INFO", logger="abn"):
+        run_explain(cfg)
+    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("explained ")]
+    assert [message.split(" in ")[0] for message in progress] == ["explained 1/3 batches", "explained 2/3 batches"]
+    assert "min left (num_batches=<n> explains fewer)" in progress[-1]
+
+
 def test_other_data_can_be_named(tmp_path, trained_run):
     cfg = explain_config(tmp_path, trained_run, ["data=shapes", "data.test_size=16", "methods=[abn]", "split=val", "num_batches=1",
                                                  "data.val_size=16"])
