@@ -42,6 +42,13 @@ def fashion_mnist_system_copy(tmp_path_factory) -> Path:
     return make_fashion_mnist(tmp_path_factory.mktemp("debian") / "fashion-mnist")
 
 
+@pytest.fixture
+def clear_hydra():
+    """Leave no global Hydra state behind (composed configs, HydraConfig) for the next test."""
+    yield
+    GlobalHydra.instance().clear()
+
+
 def compose_train_config(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
     """The real ``train`` config (or ``explain``) with ``overrides``, Hydra's runtime filled in as the CLI would."""
     GlobalHydra.instance().clear()

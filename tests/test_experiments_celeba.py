@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
 from abn.data.celeba import ATTRIBUTE_NAMES
 from abn.data.standins import write_standin_celeba
@@ -18,10 +17,7 @@ from .conftest import compose_train_config
 EXPERIMENT = "experiment=celeba_resnet101_multitask"
 
 
-@pytest.fixture(autouse=True)
-def _clear_hydra():
-    yield
-    GlobalHydra.instance().clear()
+pytestmark = pytest.mark.usefixtures("clear_hydra")
 
 
 def test_the_recipe_is_the_authors(tmp_path: Path):

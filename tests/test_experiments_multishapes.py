@@ -19,10 +19,7 @@ TINY = ["data.train_size=16", "data.val_size=8", "data.test_size=8", "data.batch
         "logger=none"]
 
 
-@pytest.fixture(autouse=True)
-def _clear_hydra():
-    yield
-    GlobalHydra.instance().clear()
+pytestmark = pytest.mark.usefixtures("clear_hydra")
 
 
 def test_the_experiment_is_the_variant_that_learns_from_scratch(tmp_path: Path):
