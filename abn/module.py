@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from .models import ABNOutput, create_model
 from .models.network import resolve_attention_mode
+from .supervision import check_supervision, supervision_loss, target_masks
 
 STAGES = ("train", "val", "test")
 # multilabel loss per attribute: binary cross-entropy (the authors'), or the PyTorch port's focal loss BCE·(1 − p_t)^γ
@@ -37,6 +38,12 @@ class ABNModule(L.LightningModule):
     ``label_loss="focal"`` (BCE·(1 − p_t)^``focal_gamma``) and ``attribute_weights="frequency"`` (each attribute's
     loss weighted ∝ exp(−its frequency in the training data), the weights summing to T). The weights are computed
     from the data module (``train_label_frequencies()``) when fitting starts and kept in the checkpoint.
+
+    ``attention_supervision`` (``head=abn``; DESIGN §8) adds ``weight`` × a loss between the attention map and where
+    the object is, on the images of a batch whose data hands over a box or a mask (``abn.supervision``): ``loss`` one
+    of l1, mse, energy, rrr, bce, suppress_outside (None: off), ``map`` ``attention`` (M) or ``class`` (the attention
+    branch's map of the labelled class). Logged as ``{stage}/loss_sup``. ``freeze_features`` trains everything but
+    the feature extractor (its weights and BatchNorm statistics stay as loaded), e.g. to fine-tune on edited maps.
 
     The network is ``create_model(arch, head, num_classes, in_chans, pretrained, split=..., branch_depth=...,
     **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
@@ -77,6 +84,8 @@ class ABNModule(L.LightningModule):
         label_loss: str = "bce",
         focal_gamma: float = 2.0,
         attribute_weights: str = "none",
+        attention_supervision: Optional[dict] = None,
+        freeze_features: bool = False,
     ):
         super().__init__()
         if task not in ("multiclass", "multilabel"):
@@ -98,6 +107,10 @@ class ABNModule(L.LightningModule):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         if isinstance(model_kwargs, DictConfig):  # plain types only: checkpoints load with weights_only=True
             model_kwargs = OmegaConf.to_container(model_kwargs, resolve=True)
+        attention_supervision = supervision_settings(attention_supervision, head)
+        if attention_supervision["map"] == "class" and attention_supervision["loss"] is not None and task != "multiclass":
+            raise ValueError("model.attention_supervision.map=class supervises the map of each image's one class; "
+                             "multi-label data has none: use map=attention")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         extra = dict(model_kwargs or {})
         if split is not None:
@@ -118,6 +131,8 @@ class ABNModule(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if freeze_features:
+            self.net.features.requires_grad_(False)
         if compile:
             self.net.compile()
         self.optimizer_factory = optimizer
@@ -173,7 +188,22 @@ class ABNModule(L.LightningModule):
             losses = losses * getattr(self, WEIGHTS_BUFFER)
         return losses.mean()
 
+    def train(self, mode: bool = True) -> "ABNModule":
+        """Training mode everywhere but in a frozen feature extractor, whose BatchNorm statistics stay as loaded."""
+        super().train(mode)
+        if self.hparams.get("freeze_features"):
+            self.net.features.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        """Lightning sets the submodules' modes itself (not through ``train()``): keep a frozen extractor in eval
+        mode for the epoch (validation restores the modes it found)."""
+        if self.hparams.get("freeze_features"):
+            self.net.features.eval()
+
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.attention_supervision["loss"] is not None:
+            check_data_supervises(self.trainer.datamodule)
         if stage == "fit" and self.hparams.attribute_weights == "frequency":
             getattr(self, WEIGHTS_BUFFER).copy_(frequency_weights(self._train_label_frequencies()))
 
@@ -222,8 +252,32 @@ class ABNModule(L.LightningModule):
             log(f"{stage}/loss_att", loss_att)
             shown = [f"{stage}/acc_att"] if stage != "train" else []
             self._update_and_log(self.metrics[f"{stage}_attention"], out.att_logits, labels, log, shown=shown)
+        supervision = self.hparams.attention_supervision
+        if supervision["loss"] is not None:
+            loss_sup = self._supervision_loss(out, batch, stage)
+            if loss_sup is not None:
+                loss = loss + supervision["weight"] * loss_sup
+                log(f"{stage}/loss_sup", loss_sup)
         log(f"{stage}/loss", loss, prog_bar=stage == "train")
         return loss
+
+    def _supervision_loss(self, out: ABNOutput, batch: Any, stage: str) -> Optional[Tensor]:
+        """The supervision loss of the batch's images that carry a box or mask (None when none does)."""
+        if len(batch) < 3:
+            if stage != "train":  # validation/test data without ground truth: nothing to score
+                return None
+            raise ValueError("model.attention_supervision needs training batches with boxes or masks (images, labels, "
+                             "boxes|masks), but this batch has only images and labels: train on data that hands over "
+                             "ground truth (data=shapes, cluttered_fashion_mnist, compcars with boxes, folder with "
+                             "mask_dir), or set model.attention_supervision.loss=null")
+        settings, labels = self.hparams.attention_supervision, batch[1]
+        if settings["map"] == "class":
+            rows = torch.arange(len(labels), device=labels.device)
+            maps = torch.sigmoid(out.class_maps[rows, labels])
+        else:
+            maps = out.attention[:, 0]
+        masks, present = target_masks(batch[2], batch[0].shape[-2:], maps.shape[-2:])
+        return supervision_loss(settings["loss"], maps, masks, present)
 
     @staticmethod
     def _update_and_log(metrics: MetricCollection, logits: Tensor, labels: Tensor, log: Callable,
@@ -260,9 +314,10 @@ class ABNModule(L.LightningModule):
         metric.reset()
 
     def configure_optimizers(self) -> Any:
+        trained = [parameter for parameter in self.parameters() if parameter.requires_grad]  # not frozen ones
         if self.optimizer_factory is None:
-            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        optimizer = self.optimizer_factory(params=self.parameters())
+            return torch.optim.SGD(trained, lr=0.1, momentum=0.9, weight_decay=1e-4)
+        optimizer = self.optimizer_factory(params=trained)
         if self.scheduler_factory is None:
             return optimizer
         interval = self.hparams.scheduler_interval
@@ -300,6 +355,33 @@ class ABNModule(L.LightningModule):
                     "the run that wrote it. Resume it with that run's settings (abn-train ckpt_path=<run>/checkpoints/"
                     "last.ckpt reads them from the run folder), or start a new run without ckpt_path"
                 )
+
+
+def supervision_settings(settings: Optional[dict], head: str) -> dict[str, Any]:
+    """``model.attention_supervision`` as a plain, checked dict {loss, weight, map} (defaults filled in)."""
+    if isinstance(settings, DictConfig):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    given = dict(settings or {})
+    unknown = sorted(set(given) - {"loss", "weight", "map"})
+    if unknown:
+        raise ValueError(f"model.attention_supervision has no key(s) {', '.join(unknown)}; its keys are loss, weight "
+                         "and map")
+    chosen = {"loss": given.get("loss"), "weight": given.get("weight", 1.0), "map": given.get("map", "attention")}
+    check_supervision(chosen["loss"], chosen["weight"], chosen["map"])
+    if chosen["loss"] is not None and head != "abn":
+        raise ValueError(f"model.attention_supervision supervises the attention map of head=abn; head={head} has "
+                         f"{'one map per attribute' if head == 'multitask' else 'no attention branch'}: set "
+                         "model.head=abn, or model.attention_supervision.loss=null")
+    return chosen
+
+
+def check_data_supervises(datamodule: Any) -> None:
+    """Refuse supervision on a data module that hands over no boxes or masks, before the first step."""
+    if datamodule is None or getattr(datamodule, "supervision", None) is not None:
+        return  # plain loaders: the first batch without ground truth says so
+    raise ValueError(f"model.attention_supervision needs data with boxes or masks, but {type(datamodule).__name__} "
+                     "hands over none: use data=shapes, data=cluttered_fashion_mnist, data=compcars with its boxes, or "
+                     "data=folder with data.mask_dir=<folder of masks>; or set model.attention_supervision.loss=null")
 
 
 def check_label_loss(task: str, label_loss: str, focal_gamma: float, attribute_weights: str) -> None:

@@ -4,6 +4,7 @@
     abn-train -m model.head=baseline,cam,abn seed=1,2
     abn-train experiment=fashion_mnist
     abn-train ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt   # continue that run, in its folder
+    abn-train init_from=logs/train/runs/<date>/checkpoints/last.ckpt   # a new run from that run's weights
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import check_resume_checkpoint
+from .checkpoints import check_resume_checkpoint, load_initial_weights
 from .cli import reported_errors, route_library_logs_to_run_log
 from .config import config_dir
 from .data.facts import DataFacts, adopt_data_facts
@@ -68,8 +69,25 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …)."""
+def check_start_point(cfg: DictConfig, previous: Optional[DictConfig] = None) -> None:
+    """``init_from`` starts a new run from a checkpoint's weights, ``ckpt_path`` continues a run: not both, except
+    when continuing (``previous``: its saved config) a run that was itself started with that ``init_from``."""
+    init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
+    if not init_from or not ckpt_path or (previous is not None and previous.get("init_from") == init_from):
+        return
+    started = "" if previous is None else f" (that run started from {previous.get('init_from') or 'fresh weights'})"
+    raise ValueError(f"init_from={init_from} starts a new run from a checkpoint's weights (a new folder, a fresh "
+                     f"optimizer and schedule, epoch 0), ckpt_path={ckpt_path} continues a run where it stopped"
+                     f"{started}: give only one of them")
+
+
+def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
+    """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …).
+
+    ``init_from`` (without ``ckpt_path``) starts the network from a checkpoint's weights; ``resumed``: the run
+    continues in its own folder (its ``init_from`` was checked by :func:`run`, and ``ckpt_path`` restores all)."""
+    if not resumed:
+        check_start_point(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":
@@ -86,6 +104,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg.ckpt_path, model, training=cfg.get("train", True))
+    elif cfg.get("init_from"):
+        load_initial_weights(str(cfg.init_from), model, getattr(datamodule, "classes", ()))
+        log.info("Starting a new run from the weights of %s (a fresh optimizer and schedule, epoch 0)", cfg.init_from)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = final_metrics(trainer)
@@ -98,13 +119,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(hyperparameters(cfg, facts), metrics=hp_metrics)
         logger.finalize("success")
-    print_summary(trainer, loggers, metrics)
+    print_summary(trainer, loggers, metrics, cfg.get("init_from") if not cfg.get("ckpt_path") else None)
     return metrics
 
 
 @rank_zero_only
-def print_summary(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, float]) -> None:
+def print_summary(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, float],
+                  started_from: Optional[str] = None) -> None:
     lines = ["", "Training finished."]
+    if started_from:
+        lines.append(f"  started from the weights of {started_from}")
     for split in ("test", "val"):
         if f"{split}/acc" in metrics:
             lines.append(f"  {split} accuracy, perception branch: {100 * metrics[f'{split}/acc']:.2f} %")
@@ -133,9 +157,11 @@ def run(cfg: DictConfig) -> Optional[float]:
     with reported_errors(run_dir, fresh_folder=not resumed):
         if resumed:
             log.info("Resuming the run in %s from %s", run_dir, cfg.ckpt_path)
-            check_resumed_settings(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), cfg, run_dir)
+            previous = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+            check_start_point(cfg, previous)
+            check_resumed_settings(previous, cfg, run_dir)
             record_resumed_settings(run_dir, cfg, hydra_cfg)
-        metrics = train(cfg)
+        metrics = train(cfg, resumed=resumed)
     return metrics.get(cfg.get("optimized_metric", ""))
 
 

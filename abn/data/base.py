@@ -6,6 +6,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -21,6 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 InputSize = Union[int, Sequence[int]]  # a side in pixels, or (height, width)
 
+# The stream of the seeded choice of supervised training images: apart from the hold-out draws made with ``seed``.
+_SUPERVISED_SHARE_STREAM = 15
+
 
 class ClassificationDataModule(L.LightningDataModule):
     """Holds the normalisation (``mean``, ``std``), ``classes``, and builds the three loaders.
@@ -30,6 +34,12 @@ class ClassificationDataModule(L.LightningDataModule):
     comes from the files (``num_classes=None`` in its config) finds it in ``discover_classes``, which ``abn-train``
     calls before building the model. The class names go into every checkpoint (``state_dict``), and resuming
     with data of other classes is refused.
+
+    ``supervision`` says which ground truth for attention supervision the training batches carry as their third
+    element: None (batches are (images, labels)), ``"boxes"`` (B×4, x0, y0, x1, y1 in input pixels, x1/y1
+    exclusive; a NaN row: no box) or ``"masks"`` (B×1×H×W in [0, 1] at the input size; all NaN: no mask). The
+    training loader keeps the ground truth of only ``supervised_fraction`` of the training images (a seeded
+    choice, see :class:`PartialSupervision`); validation and test splits are never reduced.
     """
 
     mean: Sequence[float] = (0.0,)
@@ -39,6 +49,8 @@ class ClassificationDataModule(L.LightningDataModule):
     # a test checks that its config holds it; None where the files or the options decide
     fixed_num_classes: Optional[int] = None
     title: str = "this data set"  # its name in messages
+    supervision: Optional[str] = None  # the ground truth of the training batches: None, "boxes" or "masks"
+    supervised_fraction: float = 1.0  # the share of training images that keep it (set with check_supervised_fraction)
 
     def __init__(self, num_classes: Optional[int], in_chans: int, batch_size: int, num_workers: int, pin_memory: bool):
         super().__init__()
@@ -150,8 +162,15 @@ class ClassificationDataModule(L.LightningDataModule):
             collate_fn=skip_unreadable_collate,
         )
 
+    def supervised_training_set(self) -> Optional[Dataset]:
+        """``train_set`` as the training loader reads it: with the ground truth of only ``supervised_fraction`` of
+        its images when the batches carry ground truth and the fraction is below 1; else ``train_set`` itself."""
+        if self.train_set is None or self.supervision is None or self.supervised_fraction >= 1:
+            return self.train_set
+        return PartialSupervision(self.train_set, self.supervised_fraction, getattr(self, "seed", 0))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.supervised_training_set(), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
@@ -168,6 +187,47 @@ def hold_out(train_view: Dataset, eval_view: Dataset, val_size: int, seed: int) 
         raise ValueError(f"val_size={val_size} must be between 1 and {total - 1} (the training split has {total} images)")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(train_view, order[val_size:]), Subset(eval_view, order[:val_size])
+
+
+def check_supervised_fraction(fraction: float) -> float:
+    """``data.supervised_fraction`` as a float in (0, 1], or a ValueError saying what to set."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.supervised_fraction must be in (0, 1] (the share of training images that keep their "
+                         f"ground truth for attention supervision; 1: all), got {fraction}")
+    return float(fraction)
+
+
+class PartialSupervision(Dataset):
+    """A training set whose samples keep their ground truth (the third element: a box or a mask) for a seeded
+    ``round(fraction × n)`` of its n images (at least one); the others get it filled with NaN, which the module
+    reads as "no ground truth: train this image without attention supervision".
+
+    The choice depends only on ``seed`` and n, so it is the same in every epoch, worker and run. Samples that are
+    ``None`` (unreadable images, dropped by ``skip_unreadable_collate``) stay ``None``; the ground truth comes back
+    as float32 for every image, so kept and emptied ones batch together.
+    """
+
+    def __init__(self, dataset: Dataset, fraction: float, seed: int):
+        self.dataset = dataset
+        total = len(dataset)
+        count = max(1, round(check_supervised_fraction(fraction) * total)) if total else 0
+        generator = np.random.default_rng([_SUPERVISED_SHARE_STREAM, seed % 2**64])  # numpy takes seeds ≥ 0
+        order = generator.permutation(total)
+        self.supervised = torch.zeros(total, dtype=torch.bool)
+        self.supervised[torch.from_numpy(order[:count])] = True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.dataset[index]
+        if sample is None:
+            return None
+        image, target, truth, *rest = sample
+        truth = torch.as_tensor(truth).to(torch.float32)
+        if not self.supervised[index]:
+            truth = torch.full_like(truth, float("nan"))
+        return (image, target, truth, *rest)
 
 
 def check_not_empty(name: str, dataset: Dataset, where: str) -> None:

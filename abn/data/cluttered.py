@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from .base import ClassificationDataModule, check_not_empty, random_hflip_with_box
+from .base import ClassificationDataModule, check_not_empty, check_supervised_fraction, random_hflip_with_box
 from .fashion_mnist import FASHION_MNIST_CLASSES, SYSTEM_COPIES, prepare_files
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -157,7 +157,9 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
     Training garments are Fashion-MNIST's 60k training images minus a seeded hold-out of ``val_size`` for
     validation (``val_size=0``: validate on the test split); test garments are the 10k test images.
     ``train_size``/``test_size`` (None: all) cap the sample count with a seeded choice of garments. Defaults:
-    garments resized to 20–36 px on a 64 px canvas with 4 clutter patches of 6–10 px.
+    garments resized to 20–36 px on a 64 px canvas with 4 clutter patches of 6–10 px. The garment's box is the
+    ground truth for attention supervision, kept for a seeded ``supervised_fraction`` of the training images (NaN
+    boxes for the others).
     """
 
     # Measured on the defaults (canvas 64, scale 20–36, clutter 4 of 6–10 px, seed 0): every pixel of the first
@@ -166,6 +168,7 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
     std = (0.2314,)
     title = "cluttered Fashion-MNIST"
     fixed_num_classes = FASHION_MNIST_CLASSES
+    supervision = "boxes"
 
     def __init__(
         self,
@@ -183,6 +186,7 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
         test_size: Optional[int] = None,
         seed: int = 0,
         hflip: bool = True,
+        supervised_fraction: float = 1.0,
         download: bool = True,
         search_dirs: Sequence[str] = SYSTEM_COPIES,
         batch_size: int = 128,
@@ -212,6 +216,7 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
             raise ValueError(f"val_size must be ≥ 0 (0 validates on the test split), got {val_size}")
         if seed < 0:
             raise ValueError(f"seed must be ≥ 0 (it seeds numpy's per-sample generators), got {seed}")
+        self.supervised_fraction = check_supervised_fraction(supervised_fraction)
         self.root, self.seed, self.hflip = str(root), seed, hflip
         self.download, self.search_dirs = download, tuple(search_dirs)
         self.canvas_size, self.min_scale, self.max_scale = canvas_size, min_scale, max_scale

@@ -11,6 +11,11 @@ Model (or make) ids have gaps, so the ids of the training split are mapped to la
 mapping (``label_to_id``) is saved in every checkpoint. Following the ABN paper, images are resized to 323×224
 (width × height); by default keeping their aspect ratio, padded with black (letterbox). Never downloads: the data
 is released on request only.
+
+With ``car_boxes=True`` every sample also carries its car's labelled box, for attention supervision: batches are
+``(images, labels, boxes)``, each box float (x0, y0, x1, y1) in the pixels of the transformed image (x1/y1
+exclusive), carried through the flip and the resize or letterbox as a ``tv_tensors.BoundingBoxes``. An image
+without a label file, or whose box lies wholly outside it, has a box of NaN (it trains without supervision).
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import scipy.io
+import torch
 from PIL import Image
-from torchvision import transforms
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule
+from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule, check_supervised_fraction
 from .images import ImageFiles
 
 
@@ -35,24 +43,30 @@ CLASSIFY_CHOICES = ("model", "make")
 SHOWN_PATHS = 3  # how many missing files a warning names
 
 Box = tuple[int, int, int, int]
+PixelBox = tuple[float, float, float, float]  # 0-based, x1/y1 exclusive
 Entry = tuple[str, int, int]  # a split file's line: relative path, make id, model id
 
 
 class Letterbox:
     """Resize to fit inside ``height`` × ``width`` keeping the aspect ratio, then pad with black to exactly that size,
-    centred: a car is not squashed, and every image of a batch has the same shape."""
+    centred: a car is not squashed, and every image of a batch has the same shape.
+
+    Takes a PIL image, optionally followed by ``tv_tensors.BoundingBoxes`` of it (as a step of ``v2.Compose``),
+    and moves the boxes with the image."""
 
     def __init__(self, height: int, width: int):
         self.height, self.width = height, width
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image, *boxes: tv_tensors.BoundingBoxes) -> Any:
         scale = min(self.height / image.height, self.width / image.width)
         new_width = min(self.width, max(1, round(image.width * scale)))
         new_height = min(self.height, max(1, round(image.height * scale)))
-        resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-        canvas = Image.new(image.mode, (self.width, self.height))  # black: 0 before normalisation
-        canvas.paste(resized, ((self.width - new_width) // 2, (self.height - new_height) // 2))
-        return canvas
+        left, top = (self.width - new_width) // 2, (self.height - new_height) // 2
+        padding = [left, top, self.width - new_width - left, self.height - new_height - top]  # black: 0 before norm.
+        moved = [v2.functional.pad(v2.functional.resize(item, [new_height, new_width],
+                                                        interpolation=v2.InterpolationMode.BILINEAR), padding)
+                 for item in (image, *boxes)]
+        return tuple(moved) if boxes else moved[0]
 
     def __repr__(self) -> str:
         return f"Letterbox(height={self.height}, width={self.width})"
@@ -67,6 +81,17 @@ def crop_box(box: Box, width: int, height: int) -> Box:
     right = max(min(x2, width), left + 1)
     bottom = max(min(y2, height), top + 1)
     return left, top, right, bottom
+
+
+def pixel_box(box: Box, width: int, height: int) -> Optional[PixelBox]:
+    """A CompCars box (1-based, inclusive) as 0-based pixel edges (x1/y1 exclusive) clamped to the image; None where
+    no part of it lies inside the image (unlike ``crop_box``, a box to supervise with is never made up)."""
+    x1, y1, x2, y2 = box
+    left, top = max(x1 - 1, 0), max(y1 - 1, 0)
+    right, bottom = min(x2, width), min(y2, height)
+    if right <= left or bottom <= top:
+        return None
+    return float(left), float(top), float(right), float(bottom)
 
 
 class CarBoxImages(ImageFiles):
@@ -89,6 +114,47 @@ class CarBoxImages(ImageFiles):
         return (self.crop_transform(image) if self.crop_transform is not None else image), target
 
 
+class ImagesWithCarBoxes(ImageFiles):
+    """``(image, target, box)`` triples: the box (None where unknown) goes through ``transform`` with the image as a
+    ``tv_tensors.BoundingBoxes``, and comes out as a float tensor (x0, y0, x1, y1) in the transformed image's pixels,
+    x1/y1 exclusive; NaN where the image has no box."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int], boxes: Sequence[Optional[Box]],
+                 transform: Callable, strict: bool):
+        super().__init__(paths, targets, transform=None, strict=strict)
+        if len(boxes) != len(paths):
+            raise ValueError("paths and boxes must have the same length")
+        self.car_boxes = list(boxes)
+        self.joint_transform = transform
+
+    def __getitem__(self, index: int) -> Optional[tuple[Any, int, Tensor]]:
+        sample = super().__getitem__(index)
+        if sample is None:
+            return None
+        image, target = sample
+        box = self.car_boxes[index]
+        inside = pixel_box(box, image.width, image.height) if box is not None else None
+        if inside is None:
+            return self.joint_transform(image), target, torch.full((4,), float("nan"))
+        boxes = tv_tensors.BoundingBoxes([inside], format="XYXY", canvas_size=(image.height, image.width),
+                                         dtype=torch.float32)
+        image, boxes = self.joint_transform(image, boxes)
+        return image, target, boxes.reshape(4)
+
+
+def check_box_options(crop_to_box: bool, car_boxes: bool, supervised_fraction: float) -> None:
+    """``car_boxes`` with ``crop_to_box`` is refused: the crop is the box itself (no margin), so the box would cover
+    the whole cropped image and tell the attention map nothing."""
+    if car_boxes and crop_to_box:
+        raise ValueError("data.car_boxes=true with data.crop_to_box=true: the crop is the car's box itself, so the box "
+                         "handed over would cover the whole image and supervise nothing; set data.crop_to_box=false "
+                         "to supervise the attention map with the boxes, or data.car_boxes=false to train on the crops")
+    if check_supervised_fraction(supervised_fraction) < 1.0 and not car_boxes:
+        raise ValueError(f"data.supervised_fraction={supervised_fraction} keeps the boxes of a share of the training "
+                         "images, but data.car_boxes=false hands over none; set data.car_boxes=true, or "
+                         "data.supervised_fraction=1.0")
+
+
 def read_split_file(path: str) -> list[Entry]:
     """``(relative path, make id, model id)`` for each line ``make/model/year/name.jpg`` of a split file."""
     entries = []
@@ -105,16 +171,17 @@ def read_split_file(path: str) -> list[Entry]:
     return entries
 
 
-def read_label_box(path: str) -> Box:
-    """The box of a label file: line 1 viewpoint, line 2 the number of boxes, line 3 ``x1 y1 x2 y2``."""
+def read_label_box(path: str, option: str = "crop_to_box") -> Box:
+    """The box of a label file: line 1 viewpoint, line 2 the number of boxes, line 3 ``x1 y1 x2 y2``; ``option`` is
+    the data option that reads it (the message says what deleting the file does under it)."""
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle if line.strip()]
     try:
         x1, y1, x2, y2 = (int(round(float(value))) for value in lines[2].split())
     except (IndexError, ValueError) as error:
+        deleted = "leaves its image out" if option == "crop_to_box" else "leaves its image without a box"
         raise ValueError(f"{path}: expected three lines (viewpoint, box count, 'x1 y1 x2 y2'), got {lines!r}; fix or "
-                         "delete the label file (a deleted one leaves its image out), or set data.crop_to_box=false"
-                         ) from error
+                         f"delete the label file (a deleted one {deleted}), or set data.{option}=false") from error
     return x1, y1, x2, y2
 
 
@@ -157,6 +224,9 @@ class CompCarsDataModule(ClassificationDataModule):
 
     (The option is not called ``task``: that name is the base class's multiclass/multilabel, which ``abn-train``
     hands to the model.)
+
+    ``car_boxes=True`` hands over each car's labelled box with its image (``supervision = "boxes"``);
+    ``supervised_fraction`` keeps the boxes of that share of the training images only (seeded by ``seed``).
     """
 
     mean = IMAGENET_MEAN
@@ -167,6 +237,8 @@ class CompCarsDataModule(ClassificationDataModule):
         root: str = "data/compcars",
         classify: str = "model",
         crop_to_box: bool = False,
+        car_boxes: bool = False,
+        supervised_fraction: float = 1.0,
         image_size: Sequence[int] = (224, 323),
         keep_aspect: bool = True,
         hflip: bool = True,
@@ -188,8 +260,11 @@ class CompCarsDataModule(ClassificationDataModule):
             raise ValueError(f"image_size must be [height, width] with positive sides, got {list(image_size)}")
         if val_size < 0:
             raise ValueError(f"val_size must be ≥ 0, got {val_size}")
+        check_box_options(crop_to_box, car_boxes, supervised_fraction)
         self.root = os.path.expanduser(str(root))
         self.classify, self.crop_to_box = classify, crop_to_box
+        self.car_boxes, self.supervised_fraction = car_boxes, check_supervised_fraction(supervised_fraction)
+        self.supervision: Optional[str] = "boxes" if car_boxes else None
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.keep_aspect, self.hflip = keep_aspect, hflip
         self.val_size, self.seed, self.strict = val_size, seed, strict
@@ -212,7 +287,8 @@ class CompCarsDataModule(ClassificationDataModule):
         """Check that the folders and files the split needs are there; never downloads."""
         if not os.path.isdir(self.root):
             raise FileNotFoundError(self.missing_data_message([self.root]))
-        folders = [os.path.join(self.root, "image")] + ([os.path.join(self.root, "label")] if self.crop_to_box else [])
+        reads_labels = self.crop_to_box or self.car_boxes
+        folders = [os.path.join(self.root, "image")] + ([os.path.join(self.root, "label")] if reads_labels else [])
         files = [self.split_file("train"), self.split_file("test"), os.path.join(self.root, NAMES_FILE)]
         missing = [path for path in folders if not os.path.isdir(path)]
         missing += [path for path in files if not os.path.isfile(path)]
@@ -280,6 +356,28 @@ class CompCarsDataModule(ClassificationDataModule):
             warnings.warn(f"{message}; they are left out", stacklevel=3)
         return [entry for entry, _ in kept]
 
+    def _read_boxes(self, split: str, entries: list[Entry]) -> Optional[list[Optional[Box]]]:
+        """Each image's labelled box where ``crop_to_box`` or ``car_boxes`` needs them (None otherwise). Under
+        ``car_boxes`` an image without a label file keeps a None box (NaN in its batch), with one warning."""
+        if not (self.crop_to_box or self.car_boxes):
+            return None
+        option = "crop_to_box" if self.crop_to_box else "car_boxes"
+        boxes: list[Optional[Box]] = []
+        unlabelled = []
+        for relative, _, _ in entries:
+            path = self._label_path(relative)
+            if os.path.isfile(path):
+                boxes.append(read_label_box(path, option))
+            else:  # only under car_boxes: crop_to_box has left such images out
+                boxes.append(None)
+                unlabelled.append(path)
+        if unlabelled:
+            shown = ", ".join(unlabelled[:SHOWN_PATHS]) + (", …" if len(unlabelled) > SHOWN_PATHS else "")
+            warnings.warn(f"{len(unlabelled)} of {len(entries)} {split} images listed in {self.split_file(split)} "
+                          f"have no label file (first: {shown}); they come without a box (NaN) and train without "
+                          "attention supervision", stacklevel=3)
+        return boxes
+
     def _image_path(self, relative: str) -> str:
         return os.path.join(self.root, "image", *relative.split("/"))
 
@@ -288,19 +386,24 @@ class CompCarsDataModule(ClassificationDataModule):
 
     # --- datasets ----------------------------------------------------------------------------------------------
 
-    def _transform(self, train: bool) -> transforms.Compose:
+    def _transform(self, train: bool) -> v2.Compose:
+        """Flip (training), letterbox or resize, normalise: a PIL image, or a PIL image and its ``BoundingBoxes``,
+        which every geometric step moves with the image."""
         height, width = self.image_size
-        steps: list[Callable] = [transforms.RandomHorizontalFlip()] if train and self.hflip else []
-        steps.append(Letterbox(height, width) if self.keep_aspect else transforms.Resize((height, width)))
-        return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+        steps: list[Callable] = [v2.RandomHorizontalFlip()] if train and self.hflip else []
+        steps.append(Letterbox(height, width) if self.keep_aspect else v2.Resize((height, width)))
+        to_normalised_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std),
+                                v2.ToPureTensor()]
+        return v2.Compose(steps + to_normalised_tensor)
 
-    def _dataset(self, entries: list[Entry], train: bool) -> ImageFiles:
+    def _dataset(self, entries: list[Entry], boxes: Optional[list[Optional[Box]]], train: bool) -> ImageFiles:
         label_of = {item_id: label for label, item_id in enumerate(self.label_to_id)}
         paths = [self._image_path(path) for path, _, _ in entries]
         targets = [label_of[self._item_id(make, model)] for _, make, model in entries]
         if self.crop_to_box:
-            boxes = [read_label_box(self._label_path(path)) for path, _, _ in entries]
             return CarBoxImages(paths, targets, boxes, self._transform(train), self.strict)
+        if self.car_boxes:
+            return ImagesWithCarBoxes(paths, targets, boxes, self._transform(train), self.strict)
         return ImageFiles(paths, targets, self._transform(train), strict=self.strict)
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -310,9 +413,11 @@ class CompCarsDataModule(ClassificationDataModule):
         splits = self._read_splits()
         self._adopt_classes(splits)
         train_entries, test_entries = self._present("train", splits["train"]), self._present("test", splits["test"])
-        train, test = self._dataset(train_entries, train=True), self._dataset(test_entries, train=False)
-        self.assign_splits(train, lambda: self._dataset(train_entries, train=False), test, self.val_size, self.seed,
-                           self.root)
+        train_boxes, test_boxes = self._read_boxes("train", train_entries), self._read_boxes("test", test_entries)
+        train = self._dataset(train_entries, train_boxes, train=True)
+        test = self._dataset(test_entries, test_boxes, train=False)
+        self.assign_splits(train, lambda: self._dataset(train_entries, train_boxes, train=False), test, self.val_size,
+                           self.seed, self.root)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 

@@ -10,20 +10,38 @@ Two layouts are accepted:
 Images of any colour mode are converted to ``in_chans`` (3: RGB, 1: grey); unreadable files are skipped with a
 warning (or stop the run with ``strict=true``). Preprocessing: training RandomResizedCrop + flip, evaluation resize
 + centre crop (ImageNet style), or a plain resize for small images (``resize_only=true``).
+
+With ``mask_dir``, training batches are (images, labels, masks) for attention supervision: the mask of
+``<root>/<path>`` is the greyscale ``<mask_dir>/<path with .png>`` (0–255 → 0–1), cropped, resized and mirrored
+with its image. A training image without a mask trains unsupervised (its mask is NaN); validation and test
+batches are (images, labels).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Sequence
+from types import ModuleType
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
-from torchvision import transforms
+from torchvision import transforms, tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, ClassificationDataModule, check_not_empty, hold_out
-from .images import ImageFiles
+from .base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationDataModule,
+    check_not_empty,
+    check_supervised_fraction,
+    hold_out,
+)
+from .images import ImageFiles, image_file_sets
 
 SPLITS = ("train", "val", "test")
 
@@ -50,8 +68,79 @@ def class_folder_samples(directory: str, classes: Optional[Sequence[str]] = None
     return list(classes), [path for path, _ in samples], [label for _, label in samples]
 
 
+class UnreadableMaskError(RuntimeError):
+    """A mask file that PIL cannot decode."""
+
+
+# what PIL raises for a file that is not an image, or not a whole one
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def load_mask(path: str, size: tuple[int, int]) -> Tensor:
+    """The 1×H×W float mask in [0, 1] of a greyscale file (any mode converted to 8-bit grey, 0–255 → 0–1),
+    resized (nearest neighbour: the file's values are kept) to its image's ``size`` (width, height) where it
+    differs."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            mask = opened
+            if mask.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits, as images do
+                mask = mask.point(lambda value: value * (1 / 256))
+            mask = mask.convert("L")
+    except _READ_ERRORS as error:
+        raise UnreadableMaskError(f"cannot read mask {path}: {error}; replace it, or delete it to train its image "
+                                  "without attention supervision") from error
+    if mask.size != size:
+        mask = mask.resize(size, Image.NEAREST)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+class ImageAndMaskTransform:
+    """The training transform of an image (PIL) with its mask: torchvision v2's ``geometric`` steps move both alike
+    (the mask as a ``tv_tensors.Mask``, resampled with nearest neighbour), then the image alone becomes a
+    normalised float tensor. A missing mask (None) comes back as a NaN mask of the output size."""
+
+    def __init__(self, geometric: Sequence[Callable], mean: Sequence[float], std: Sequence[float]):
+        self.geometric = v2.Compose(list(geometric))
+        self.to_input = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+    def __call__(self, image: Image.Image, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        if mask is None:
+            tensor = self.to_input(self.geometric(image)).as_subclass(Tensor)
+            return tensor, torch.full((1, *tensor.shape[-2:]), float("nan"))
+        image, mask = self.geometric(image, tv_tensors.Mask(mask))
+        return self.to_input(image).as_subclass(Tensor), mask.as_subclass(Tensor)
+
+
+class MaskedImageFiles(ImageFiles):
+    """``(image, label, mask)`` triples: image files read as ``ImageFiles`` reads them (unreadable ones give
+    ``None``), each with the mask file in ``mask_paths`` (None: no mask), both through ``transform``
+    (an :class:`ImageAndMaskTransform`)."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[Any], mask_paths: Sequence[Optional[str]],
+                 transform: ImageAndMaskTransform, mode: str = "RGB", strict: bool = False):
+        super().__init__(paths, targets, None, mode, strict)
+        if len(mask_paths) != len(self.paths):
+            raise ValueError("paths and mask_paths must have the same length")
+        self.mask_paths, self.joint_transform = list(mask_paths), transform
+
+    def __getitem__(self, index: int) -> Optional[tuple[Tensor, Any, Tensor]]:
+        sample = super().__getitem__(index)
+        if sample is None:
+            return None
+        image, target = sample
+        mask_path = self.mask_paths[index]
+        mask = load_mask(mask_path, image.size) if mask_path is not None else None
+        image, mask = self.joint_transform(image, mask)
+        return image, target, mask
+
+
 class FolderDataModule(ClassificationDataModule):
-    """Images in class folders; the classes (and ``num_classes``) come from the training folder."""
+    """Images in class folders; the classes (and ``num_classes``) come from the training folder.
+
+    ``mask_dir`` (optional) holds a mask per training image for attention supervision (``supervision="masks"``),
+    kept for a seeded ``supervised_fraction`` of the training images.
+    """
 
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
@@ -71,6 +160,8 @@ class FolderDataModule(ClassificationDataModule):
         test_size: float = 0.1,
         seed: int = 0,
         strict: bool = False,
+        mask_dir: Optional[str] = None,
+        supervised_fraction: float = 1.0,
         batch_size: int = 64,
         num_workers: int = 2,
         pin_memory: bool = False,
@@ -89,6 +180,12 @@ class FolderDataModule(ClassificationDataModule):
                 raise ValueError(f"{name} must be ≥ 0 (a fraction below 1 or an image count), got {value}")
         self.root, self.image_size, self.resize_size, self.resize_only = str(root), image_size, resize_size, resize_only
         self.hflip, self.val_size, self.test_size, self.seed, self.strict = hflip, val_size, test_size, seed, strict
+        self.supervised_fraction = check_supervised_fraction(supervised_fraction)
+        if mask_dir is None and self.supervised_fraction < 1:
+            raise ValueError(f"data.supervised_fraction={supervised_fraction} keeps a share of the training masks, but "
+                             "there are none: set data.mask_dir to the folder of masks, or supervised_fraction=1.0")
+        self.mask_dir = None if mask_dir is None else str(mask_dir)
+        self.supervision = "masks" if mask_dir is not None else None
 
     def _split_folder(self, split: str) -> Optional[str]:
         folder = os.path.join(self.root, split)
@@ -110,28 +207,75 @@ class FolderDataModule(ClassificationDataModule):
         self.set_discovered_classes(classes)
         return self.classes
 
-    def _transform(self, train: bool) -> transforms.Compose:
+    def _geometric(self, train: bool, library: ModuleType = transforms) -> list[Callable]:
+        """The resize/crop/flip steps from ``library``: ``torchvision.transforms`` or its ``v2`` (which also moves
+        masks)."""
         if self.resize_only:
-            steps = [transforms.Resize((self.image_size, self.image_size))]
+            steps = [library.Resize((self.image_size, self.image_size))]
         elif train:
-            steps = [transforms.RandomResizedCrop(self.image_size)]
+            steps = [library.RandomResizedCrop(self.image_size)]
         else:
-            steps = [transforms.Resize(self.resize_size), transforms.CenterCrop(self.image_size)]
+            steps = [library.Resize(self.resize_size), library.CenterCrop(self.image_size)]
         if train and self.hflip:
-            steps.append(transforms.RandomHorizontalFlip())
-        return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+            steps.append(library.RandomHorizontalFlip())
+        return steps
+
+    def _transform(self, train: bool) -> transforms.Compose:
+        return transforms.Compose(self._geometric(train) + [transforms.ToTensor(),
+                                                            transforms.Normalize(self.mean, self.std)])
 
     def _files(self, paths: list[str], labels: list[int], train: bool) -> ImageFiles:
         mode = "RGB" if self.in_chans == 3 else "L"
+        if train and self.mask_dir is not None:
+            mask_paths = [self.mask_path(path) for path in paths]
+            found = [path if os.path.isfile(path) else None for path in mask_paths]
+            transform = ImageAndMaskTransform(self._geometric(True, v2), self.mean, self.std)
+            return MaskedImageFiles(paths, labels, found, transform, mode=mode, strict=self.strict)
         return ImageFiles(paths, labels, self._transform(train), mode=mode, strict=self.strict)
+
+    def mask_path(self, image_path: str) -> str:
+        """Where the mask of an image is expected: its path under ``root``, under ``mask_dir``, with ``.png``."""
+        relative = os.path.splitext(os.path.relpath(image_path, self.root))[0]
+        return os.path.join(str(self.mask_dir), relative + ".png")
+
+    def _check_masks(self, train: Dataset) -> None:
+        """Refuse a training split without any mask or with a mask file that is not an image (only its header is
+        read here; a file that fails to decode later stops the run naming it); warn once about images without."""
+        files = image_file_sets(train)[0]
+        indices = sorted(train.indices) if isinstance(train, Subset) else list(range(len(files)))
+        missing = [i for i in indices if files.mask_paths[i] is None]
+        if missing:
+            first = files.paths[missing[0]]
+            where = f"{first} expects {self.mask_path(first)}: the image's path under data.root, with .png"
+            if len(missing) == len(indices):
+                raise ValueError(f"none of the {len(indices)} training images has a mask in data.mask_dir="
+                                 f"{self.mask_dir} ({where}); put the masks there or set data.mask_dir=null")
+            warnings.warn(f"{len(missing)} of {len(indices)} training images have no mask in {self.mask_dir} (first: "
+                          f"{where}); they train without attention supervision", stacklevel=3)
+        for i in indices:
+            path = files.mask_paths[i]
+            if path is None:
+                continue
+            try:
+                with Image.open(path):
+                    pass
+            except _READ_ERRORS as error:
+                raise UnreadableMaskError(f"cannot read mask {path}: {error}; replace it, or delete it to train "
+                                          f"{files.paths[i]} without attention supervision") from error
 
     def _count(self, size: float, total: int) -> int:
         return int(round(size * total)) if size < 1 else int(size)
+
+    def _check_mask_dir(self) -> None:
+        if self.mask_dir is not None and not os.path.isdir(self.mask_dir):
+            raise FileNotFoundError(f"data.mask_dir={self.mask_dir} does not exist. Point it at the folder of masks "
+                                    "(<mask_dir>/<image path under data.root>.png), or set data.mask_dir=null")
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
         train_folder = self._training_folder()
+        self._check_mask_dir()
         classes, paths, labels = class_folder_samples(train_folder)
         self.set_discovered_classes(classes)
         empty = [name for i, name in enumerate(classes) if i not in set(labels)]
@@ -157,6 +301,8 @@ class FolderDataModule(ClassificationDataModule):
             val = test
         else:
             raise ValueError(f"{self.root} gives no validation images: add a val/ folder or set data.val_size > 0")
+        if self.mask_dir is not None:
+            self._check_masks(train)
         self.train_set, self.val_set, self.test_set = train, val, test if test is not None else val
         if test is None:
             warnings.warn(f"{self.root} has no test split (no test/ folder, test_size=0): the validation split is "

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import ClassificationDataModule, random_hflip_with_box
+from .base import ClassificationDataModule, check_supervised_fraction, random_hflip_with_box
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "plus", "ring", "cross", "frame", "hourglass", "bar")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -233,7 +233,12 @@ class DrawnDataModule(ClassificationDataModule):
 
 
 class ShapesDataModule(DrawnDataModule):
-    """The embedded default data set (no download): ``num_classes`` shapes, train/val/test drawn from ``seed``."""
+    """The embedded default data set (no download): ``num_classes`` shapes, train/val/test drawn from ``seed``.
+
+    Batches are (images, labels, boxes): the object's box is the ground truth for attention supervision, kept for
+    a seeded ``supervised_fraction`` of the training images (NaN boxes for the others)."""
+
+    supervision = "boxes"
 
     def __init__(
         self,
@@ -245,6 +250,7 @@ class ShapesDataModule(DrawnDataModule):
         test_size: int = 2000,
         seed: int = 0,
         hflip: bool = True,
+        supervised_fraction: float = 1.0,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -257,6 +263,7 @@ class ShapesDataModule(DrawnDataModule):
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
         super().__init__(num_classes, in_chans, image_size, train_size, val_size, test_size, seed, hflip, batch_size,
                          num_workers, pin_memory)
+        self.supervised_fraction = check_supervised_fraction(supervised_fraction)
 
     def _make(self, split: str) -> ShapesDataset:
         return ShapesDataset(self.sizes[split], self.num_classes, split, self.seed, self.image_size,

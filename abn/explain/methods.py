@@ -138,6 +138,15 @@ def attention(request: MapRequest) -> Maps:
     return {"attention": output.attention[:, 0]}
 
 
+def attention_class_map(request: MapRequest) -> Maps:
+    """The attention branch's map of the target class, B×h×w, from one forward pass: the K×K convolution's output
+    whose spatial mean is the class's attention logit (a CAM of the attention branch, DESIGN §8)."""
+    output = request.net(request.images)
+    chosen = resolve_targets(request.targets, logits_of(output))
+    rows = torch.arange(len(chosen), device=chosen.device)
+    return {"class_map": output.class_maps[rows, chosen]}
+
+
 def random_maps(request: MapRequest) -> Maps:
     """Uniform noise drawn from ``seed``: the sanity baseline."""
     images = request.images
@@ -199,6 +208,11 @@ def has_gap_linear_head(model: nn.Module) -> bool:
     return cam_layer(unwrap(model)) is not None
 
 
+def has_class_maps(model: nn.Module) -> bool:
+    """The single-map attention branch (``abn`` head), whose K×K convolution gives one map per class."""
+    return has_attention_branch(model) and one_map(model)
+
+
 def any_model(model: nn.Module) -> bool:
     return True
 
@@ -240,6 +254,8 @@ class MethodSpec:
 METHOD_SPECS: dict[str, MethodSpec] = {
     "abn": MethodSpec(attention, layer="none", differentiable=True, class_agnostic=one_map,
                       applies_to=has_attention_branch, requirement="an attention branch (head=abn or multitask)"),
+    "abn_class": MethodSpec(attention_class_map, layer="none", differentiable=True, applies_to=has_class_maps,
+                            requirement="the attention branch of head=abn (its class maps)"),
     "cam": MethodSpec(class_activation_map, layer="head", differentiable=True, applies_to=has_gap_linear_head,
                       requirement="a GAP + linear head (or the multi-task head)"),
     "gradcam": MethodSpec(gradcam, differentiable=True),

@@ -144,9 +144,10 @@ def _rule_hook(z_function: ZFunction):
 
 
 def _detach_attention(module: nn.Module, inputs: tuple, output: object) -> object:
-    """Attention branch hook: the map M gates the features and so carries no relevance."""
-    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], Tensor):
-        return output[0], output[1].detach()
+    """Attention branch hook: the map M gates the features and so carries no relevance (the outputs after it, the
+    class maps of the single-map branch, do not reach the logits)."""
+    if isinstance(output, tuple) and len(output) in (2, 3) and isinstance(output[1], Tensor):
+        return output[0], output[1].detach(), *output[2:]
     return None
 
 

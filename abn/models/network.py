@@ -57,11 +57,14 @@ class ABNOutput(NamedTuple):
     ``logits``: perception-branch class scores, B×K. ``att_logits``: attention-branch class scores, B×K.
     ``attention``: the attention map M, B×1×h×w in [0, 1]. The last two are None for heads without a branch. The
     ``multitask`` head gives one logit per attribute (B×T) in both branches and one map per attribute, B×T×h×w.
+    ``class_maps`` (``abn`` head only): the attention branch's map of every class, B×K×h×w, whose spatial mean is
+    ``att_logits`` (a CAM of the attention branch, DESIGN §8).
     """
 
     logits: Tensor
     att_logits: Optional[Tensor] = None
     attention: Optional[Tensor] = None
+    class_maps: Optional[Tensor] = None
 
 
 def init_weights(model: nn.Module) -> None:
@@ -88,7 +91,9 @@ def stride_one_copy(stage: nn.Module) -> nn.Module:
 
 
 class AttentionBranch(nn.Module):
-    """Stage copy → BN → 1×1 conv C→K → BN → ReLU, then {1×1 conv K→K → GAP} and {conv K→1 → BN → sigmoid}."""
+    """Stage copy → BN → 1×1 conv C→K → BN → ReLU, then {1×1 conv K→K → GAP} and {conv K→1 → BN → sigmoid}.
+
+    Returns (attention logits B×K, map M B×1×h×w, class maps B×K×h×w: the K×K convolution's output before GAP)."""
 
     def __init__(self, stage: nn.Module, channels: int, num_classes: int, map_kernel_size: int = 3):
         super().__init__()
@@ -106,12 +111,12 @@ class AttentionBranch(nn.Module):
         for layer in (self.bn, self.class_conv, self.class_bn, self.logit_conv, self.map_conv, self.map_bn):
             init_weights(layer)
 
-    def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a = self.bn(self.stage(g))
         a = self.relu(self.class_bn(self.class_conv(a)))
         attention = torch.sigmoid(self.map_bn(self.map_conv(a)))
-        att_logits = self.logit_conv(a).mean(dim=(2, 3))
-        return att_logits, attention
+        class_maps = self.logit_conv(a)
+        return class_maps.mean(dim=(2, 3)), attention, class_maps
 
 
 class GapLinearHead(nn.Module):
@@ -163,14 +168,14 @@ class AttentionBranchNetwork(nn.Module):
     def forward(self, x: Tensor) -> ABNOutput:
         self.check_input(x)
         g = self.features(x)
-        att_logits = attention = None
+        att_logits = attention = class_maps = None
         if self.attention_branch is not None:
-            att_logits, attention = self.attention_branch(g)
+            att_logits, attention, class_maps = self.attention_branch(g)
             if attention.shape[-2:] != g.shape[-2:]:
                 # a stage copy whose stride-1 form is not size-preserving (e.g. a 2×2 patch conv); rare
                 attention = F.interpolate(attention, size=g.shape[-2:], mode="bilinear", align_corners=False)
             g = g * (1.0 + attention) if self.attention_mode == "residual" else g * attention
-        return ABNOutput(self.head(self.last_stage(g)), att_logits, attention)
+        return ABNOutput(self.head(self.last_stage(g)), att_logits, attention, class_maps)
 
 
 class MultiTaskAttentionBranch(nn.Module):

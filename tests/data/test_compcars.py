@@ -9,6 +9,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torchvision import transforms
+from torchvision.transforms import v2
 
 from abn.data.compcars import HOMEPAGE, CompCarsDataModule, Letterbox, crop_box
 from abn.data.images import UnreadableImageError, load_image
@@ -127,7 +128,7 @@ def test_normalisation_is_imagenets_and_denormalize_undoes_it(standin):
 
 
 def flips(dataset) -> bool:
-    return any(isinstance(step, transforms.RandomHorizontalFlip) for step in dataset.transform.transforms)
+    return any(isinstance(step, v2.RandomHorizontalFlip) for step in dataset.transform.transforms)
 
 
 def test_held_out_validation_is_seeded_disjoint_and_not_augmented(standin):

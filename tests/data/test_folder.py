@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from abn.data import FolderDataModule
+from abn.data.folder import UnreadableMaskError
 from abn.module import ABNModule
 from abn.train import train
 
@@ -159,3 +162,170 @@ def test_checkpoint_keeps_the_class_names_and_resuming_on_other_classes_is_refus
     with pytest.raises(ValueError, match=r"another order \(0: 'ant' → 'aardvark'"):
         train(resumed)
     GlobalHydra.instance().clear()
+
+
+# ---- masks for attention supervision (data.mask_dir) ----
+
+MARKER = (slice(8, 24), slice(4, 20))  # rows, columns of the marker: left of centre, so a mirror moves it
+
+
+def write_marked_images(root: Path, masks: Optional[Path], counts: dict[str, int], size=(48, 40),
+                        mask_modes: tuple[str, ...] = ("L",), mask_scale: int = 1) -> None:
+    """``root/<class>/<i>.jpg``: black images with a white marker, and where ``masks`` is given the mask of each,
+    ``masks/<class>/<i>.png``, white on the marker (in the modes ``mask_modes`` cycle through; ``mask_scale`` > 1
+    stores it that many times smaller than its image)."""
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = np.zeros((size[1], size[0]), dtype=np.uint8)
+            pixels[MARKER] = 255
+            Image.fromarray(pixels).convert("RGB").save(root / name / f"{i}.jpg", quality=95)
+            if masks is None:
+                continue
+            (masks / name).mkdir(parents=True, exist_ok=True)
+            mask = Image.fromarray(pixels[::mask_scale, ::mask_scale])
+            mode = mask_modes[i % len(mask_modes)]
+            mask = Image.fromarray(np.asarray(mask, dtype=np.uint16) * 257) if mode == "I;16" else mask.convert(mode)
+            mask.save(masks / name / f"{i}.png")
+
+
+def split_folders_with_masks(root: Path, train: int = 4, mask_modes: tuple[str, ...] = ("L",),
+                             mask_scale: int = 1) -> tuple[Path, Path]:
+    """``root/images/{train,val,test}/{a,b}/*.jpg`` and the training masks in ``root/masks/train/{a,b}/*.png``."""
+    images, masks = root / "images", root / "masks"
+    write_marked_images(images / "train", masks / "train", {"a": train, "b": train}, mask_modes=mask_modes,
+                        mask_scale=mask_scale)
+    for split in ("val", "test"):
+        write_marked_images(images / split, None, {"a": 1, "b": 1})
+    return images, masks
+
+
+def marker_agreement(dm: FolderDataModule, image: torch.Tensor, mask: torch.Tensor) -> float:
+    """Intersection over union of the image's bright pixels (the marker) and the mask's."""
+    bright = dm.denormalize(image[None])[0].mean(dim=0) > 0.5
+    marked = mask[0] > 0.5
+    return float((bright & marked).sum() / (bright | marked).sum().clamp(min=1))
+
+
+def assert_masks_follow_their_images(dm: FolderDataModule, draws: int = 24) -> None:
+    """The training samples' masks cover their markers through random crops and flips."""
+    torch.manual_seed(0)
+    visible, mirrored_fails = 0, 0
+    for draw in range(draws):
+        image, label, mask = dm.train_set[draw % len(dm.train_set)]
+        assert mask.shape == (1, 32, 32) and mask.dtype == torch.float32 and 0 <= mask.min() and mask.max() <= 1
+        if mask.sum() < 16:  # the crop missed the marker
+            continue
+        visible += 1
+        # masks are resampled with nearest neighbour, images bilinearly: the edges may differ by a pixel
+        assert marker_agreement(dm, image, mask) > 0.7
+        mirrored_fails += marker_agreement(dm, image, mask.flip(-1)) < 0.3  # a mask left unmirrored would fail
+    assert visible >= draws // 3 and mirrored_fails >= 1
+
+
+def test_masks_follow_their_images_through_crop_and_flip(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path, mask_modes=("L", "1", "RGB", "P", "I;16"))
+    dm = module(images, mask_dir=str(masks), resize_only=False, hflip=True)
+    dm.setup()
+    assert dm.supervision == "masks"
+    assert_masks_follow_their_images(dm)
+
+
+def test_a_mask_of_another_size_is_resized_to_its_image(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path, mask_scale=2)
+    assert Image.open(masks / "train" / "a" / "0.png").size == (24, 20)
+    dm = module(images, mask_dir=str(masks), resize_only=False, hflip=True)
+    dm.setup()
+    assert_masks_follow_their_images(dm)
+
+
+def test_training_batches_carry_masks_and_evaluation_batches_do_not(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path)
+    dm = module(images, mask_dir=str(masks))
+    dm.setup()
+    images_batch, labels, mask_batch = next(iter(dm.train_dataloader()))
+    assert images_batch.shape == (4, 3, 32, 32) and labels.shape == (4,) and mask_batch.shape == (4, 1, 32, 32)
+    assert mask_batch.isfinite().all() and set(mask_batch.unique().tolist()) == {0.0, 1.0}
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        assert all(len(batch) == 2 for batch in loader)
+
+
+def test_images_without_a_mask_train_unsupervised_and_are_counted_once(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path)
+    (masks / "train" / "b" / "1.png").unlink()
+    dm = module(images, mask_dir=str(masks))
+    with pytest.warns(UserWarning, match=r"1 of 8 training images have no mask in .*masks \(first: .*b/1.jpg expects "
+                                         r".*masks/train/b/1.png.*they train without attention supervision"):
+        dm.setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.setup()  # set up already: not counted again
+        samples = [dm.train_set[i] for i in range(len(dm.train_set))]
+    unsupervised = [Path(dm.train_set.paths[i]).relative_to(images).as_posix() for i, (_, _, mask) in
+                    enumerate(samples) if not mask.isfinite().all()]
+    assert unsupervised == ["train/b/1.jpg"]
+    assert samples[dm.train_set.paths.index(str(images / "train" / "b" / "1.jpg"))][2].isnan().all()
+
+
+def test_a_training_split_without_any_mask_is_refused(tmp_path: Path):
+    images, _ = split_folders_with_masks(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ValueError, match=r"none of the 8 training images has a mask in data.mask_dir=.*elsewhere "
+                                         r"\(.*a/0.jpg expects .*elsewhere/train/a/0.png"):
+        module(images, mask_dir=str(tmp_path / "elsewhere")).setup()
+
+
+def test_a_missing_mask_folder_is_refused(tmp_path: Path):
+    images, _ = split_folders_with_masks(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"data.mask_dir=.*nowhere does not exist"):
+        module(images, mask_dir=str(tmp_path / "nowhere")).setup()
+
+
+def test_a_mask_that_is_not_an_image_stops_the_setup_naming_it(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path)
+    (masks / "train" / "a" / "2.png").write_bytes(b"not a png")
+    with pytest.raises(UnreadableMaskError, match=r"cannot read mask .*masks/train/a/2.png"):
+        module(images, mask_dir=str(masks)).setup()
+
+
+def test_a_truncated_mask_stops_the_run_when_read_naming_it(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path)
+    broken = masks / "train" / "a" / "2.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    dm = module(images, mask_dir=str(masks))
+    dm.setup()  # the header is whole: found at setup
+    index = dm.train_set.paths.index(str(images / "train" / "a" / "2.jpg"))
+    with pytest.raises(UnreadableMaskError, match=r"cannot read mask .*masks/train/a/2.png"):
+        dm.train_set[index]
+
+
+def test_a_share_of_masks_on_held_out_class_folders_with_an_unreadable_image(tmp_path: Path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_marked_images(images, masks, {"a": 8, "b": 8})
+    (images / "a" / "3.jpg").write_bytes(b"broken")  # skipped, as without masks
+    dm = module(images, mask_dir=str(masks), val_size=2, test_size=2, supervised_fraction=0.5)
+    dm.setup()
+    partial = dm.train_dataloader().dataset
+    assert len(partial) == 12 and int(partial.supervised.sum()) == 6
+    with pytest.warns(UserWarning, match="skipping cannot read image"):
+        samples = [partial[i] for i in range(len(partial))]
+    assert sum(sample is None for sample in samples) == 1  # the broken image is a training one
+    for chosen, sample in zip(partial.supervised.tolist(), samples):
+        assert sample is None or bool(sample[2].isfinite().all()) == chosen
+    batches = list(dm.train_dataloader())  # the broken one is dropped from its batch
+    assert sum(len(batch[0]) for batch in batches) == 11 and all(batch[2].shape[1:] == (1, 32, 32) for batch in batches)
+    assert all(len(batch) == 2 for batch in dm.val_dataloader())
+
+
+def test_abn_train_supervises_the_map_with_the_folder_masks(tmp_path: Path):
+    images, masks = split_folders_with_masks(tmp_path)
+    cfg = compose_train_config(tmp_path, [
+        "data=folder", f"data.root={images}", f"data.mask_dir={masks}", "data.supervised_fraction=0.5",
+        "data.image_size=32", "data.resize_only=true", "data.num_workers=0", "data.batch_size=4",
+        "model.arch=resnet20", "model.attention_supervision.loss=l1", "trainer=cpu", "trainer.fast_dev_run=true",
+        "logger=none", "callbacks=none",
+    ])
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    assert "train/loss_sup" in metrics and "test/acc" in metrics

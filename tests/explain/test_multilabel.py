@@ -67,6 +67,9 @@ TARGETS = torch.tensor([1, 3])
 @pytest.mark.parametrize("head", ["multitask", "abn"])
 def test_every_method_explains_an_attribute(head, method, multitask, abn_multilabel, images):
     net = multitask if head == "multitask" else abn_multilabel
+    if head == "multitask" and method == "abn_class":  # its maps are one per attribute already: method abn
+        assert method not in applicable_methods(net)
+        return
     assert method in applicable_methods(net)  # cam too: the multi-task heads are linear on pooled features
     maps = explain(net, images, method, targets=TARGETS, multilabel=True)
     assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
@@ -180,7 +183,7 @@ def test_the_multitask_model_is_left_as_it_was(images):
     net.features.eval()  # a mixed state must survive
     buffers = [buffer.clone() for buffer in net.buffers()]
     modes = [module.training for module in net.modules()]
-    for method in METHODS:
+    for method in applicable_methods(net):
         explain(net, images, method)  # no targets: a prediction pass first
     assert [module.training for module in net.modules()] == modes
     assert all(torch.equal(old, new) for old, new in zip(buffers, net.buffers()))  # BatchNorm statistics untouched

@@ -114,7 +114,7 @@ def test_bad_inputs(tmp_path, trained_run):
         run_explain(explain_config(tmp_path, trained_run, [f"ckpt_path={lonely / 'last.ckpt'}"]))
     with pytest.raises(ValueError, match="8 classes.*the data 5"):
         run_explain(explain_config(tmp_path, trained_run, ["data=shapes", "data.num_classes=5"]))
-    with pytest.raises(ValueError, match="methods nonsense do not apply.*methods that apply: abn, cam"):
+    with pytest.raises(ValueError, match="methods nonsense do not apply.*methods that apply: abn, abn_class, cam"):
         run_explain(explain_config(tmp_path, trained_run, ["methods=[nonsense]"]))
     with pytest.raises(ValueError, match="split must be val or test"):
         run_explain(explain_config(tmp_path, trained_run, ["split=train"]))

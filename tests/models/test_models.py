@@ -117,7 +117,12 @@ def test_attention_rule_on_a_hand_made_map(mode):
     hand_made = torch.zeros(2, 1, 16, 16)
     hand_made[:, :, 4:8, 4:8] = 0.75
     branch_forward = model.attention_branch.forward
-    model.attention_branch.forward = lambda g: (branch_forward(g)[0], hand_made)
+
+    def with_hand_made_map(g):
+        att_logits, _, class_maps = branch_forward(g)
+        return att_logits, hand_made, class_maps
+
+    model.attention_branch.forward = with_hand_made_map
     with torch.no_grad():
         out = model(x)
         g = model.features(x)
@@ -135,7 +140,7 @@ def test_perception_input_is_unchanged_where_the_map_is_zero():
     """g·(1+M) = g where M = 0: the residual rule keeps features the branch ignores."""
     model = create_model("resnet20", head="abn", num_classes=3).eval()
     zero = torch.zeros(1, 1, 16, 16)
-    model.attention_branch.forward = lambda g: (torch.zeros(1, 3), zero)
+    model.attention_branch.forward = lambda g: (torch.zeros(1, 3), zero, torch.zeros(1, 3, *zero.shape[-2:]))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).logits, model.head(model.last_stage(model.features(x))))

@@ -1,0 +1,144 @@
+"""Attention supervision measured: ABN's map unsupervised, its class maps, and supervised with each loss on a share
+of the training images, beside Grad-CAM of the baseline; mean ± std over seeds (docs/supervision.md).
+
+    python scripts/compare_supervision.py                        # both data sets, 3 seeds, every loss and share
+    python scripts/compare_supervision.py --data shapes --seeds 0 --losses l1 energy --fractions 0.1
+    python scripts/compare_supervision.py --epochs 15 --losses   # only baseline and unsupervised ABN, longer
+    python scripts/compare_supervision.py --reuse --update-docs  # tabulate the finished runs into the docs
+
+Each setting is one ``abn-train`` run per seed (ResNet-20, the data sizes of ``compare_explanations.py``) in
+``<out>/<data>/<epochs>ep/<setting>/seed<k>``, then one ``abn-explain`` of its checkpoint's test images (pointing
+game, energy inside the box, deletion). Accuracy is the run's own test accuracy (the whole test split, last epoch).
+``--reuse`` keeps every finished run and explanation, so an interrupted sweep goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_explanations import ROOT, data_sets, explain, reproducing_flags, run  # noqa: E402
+
+PAGE = ROOT / "docs" / "supervision.md"
+TABLE_START, TABLE_END = "<!-- supervision-table:start -->", "<!-- supervision-table:end -->"
+LOSSES = ("l1", "mse", "energy", "rrr", "bce", "suppress_outside")
+METRICS = {"pointing_game": "pointing ↑", "energy_pointing_game": "energy in box ↑", "deletion_auc": "deletion ↓"}
+
+
+def settings(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Every compared setting by name, with its abn-train overrides."""
+    chosen = {"baseline": ["model.head=baseline"], "abn": ["model.head=abn"]}
+    for loss in args.losses:
+        for fraction in args.fractions:
+            chosen[f"{loss}@{fraction:g}"] = ["model.head=abn", f"model.attention_supervision.loss={loss}",
+                                              f"model.attention_supervision.weight={args.weight}",
+                                              f"data.supervised_fraction={fraction}"]
+    return chosen
+
+
+def test_accuracy(job: Path) -> float:
+    """The run's last test accuracy (perception branch), read from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for events in sorted((job / "tensorboard").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if "test/acc" in accumulator.Tags()["scalars"]:
+            return accumulator.Scalars("test/acc")[-1].value
+    raise SystemExit(f"{job} has no test/acc in its TensorBoard logs: did the run finish? (rerun without --reuse)")
+
+
+def train_job(data: str, overrides: list[str], job: Path, seed: int, args: argparse.Namespace) -> None:
+    if args.reuse and (job / "checkpoints" / "last.ckpt").is_file():
+        return
+    run([sys.executable, "-m", "abn.train", f"data={data}", f"seed={seed}",
+         "trainer=cpu" if args.cpu else "trainer=default", *data_sets(args)[data], *overrides,
+         *args.train_override, f"hydra.run.dir={job}"])
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    if not values:
+        return "–"
+    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values) * scale:.{digits}f} ± {spread:.{digits}f}"
+
+
+def measure(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, list[float]]]]:
+    """(data, setting, map, {accuracy and each metric: one value per seed}) of every setting and its maps."""
+    rows = []
+    for data in args.data:
+        for name, overrides in settings(args).items():
+            methods = ["gradcam"] if name == "baseline" else ["abn", "abn_class"] if name == "abn" else ["abn"]
+            values: dict[str, dict[str, list[float]]] = {method: {} for method in methods}
+            for seed in args.seeds:
+                job = args.out / data / f"{args.epochs}ep" / name / f"seed{seed}"
+                train_job(data, overrides, job, seed, args)
+                accuracy = test_accuracy(job)
+                explained = explain(job, "explain", [f"methods=[{','.join(methods)}]", "grid_batches=1"], args)
+                for row in explained:
+                    scores = values[row["method"]]
+                    scores.setdefault("accuracy", []).append(accuracy)
+                    for key in METRICS:
+                        scores.setdefault(key, []).append(float(row[key]))
+            rows += [(data, name, method, values[method]) for method in methods]
+    return rows
+
+
+def table(rows: list[tuple[str, str, str, dict[str, list[float]]]], args: argparse.Namespace,
+          argv: list[str] | None) -> str:
+    seeds = ", ".join(map(str, args.seeds))
+    lines = [f"ResNet-20, {args.epochs} epochs, seeds {seeds} (mean ± std); supervision weight {args.weight}; "
+             f"{args.images} test images explained per run. Command: "
+             f"`python scripts/compare_supervision.py{reproducing_flags(argv)}`.", "",
+             "| data | model | map | supervised images | test accuracy % | " + " | ".join(METRICS.values()) + " |",
+             "|---|---|---|---|---|" + "---|" * len(METRICS)]
+    for data, name, method, values in rows:
+        model, share = ("baseline", "–") if name == "baseline" else ("ABN", "none") if name == "abn" else \
+            (f"ABN, `{name.split('@')[0]}` loss", f"{100 * float(name.split('@')[1]):g} %")
+        shown = {"gradcam": "Grad-CAM", "abn": "M", "abn_class": "class map"}[method]
+        cells = [mean_std(values.get("accuracy", []), 100, 2)] + [mean_std(values.get(key, [])) for key in METRICS]
+        lines.append(f"| {data} | {model} | {shown} | {share} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "supervision")
+    parser.add_argument("--data", nargs="+", default=["shapes", "cluttered_fashion_mnist"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--losses", nargs="*", default=list(LOSSES), choices=LOSSES,
+                        help="supervision losses compared (none: only the baseline and unsupervised ABN)")
+    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.1, 0.01],
+                        help="shares of the training images that carry their box")
+    parser.add_argument("--weight", type=float, default=1.0, help="model.attention_supervision.weight")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cluttered-train", type=int, default=6000, help="training garments of cluttered Fashion-MNIST")
+    parser.add_argument("--images", type=int, default=256, help="test images explained per run (whole batches)")
+    parser.add_argument("--steps", type=int, default=16, help="deletion steps")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs and explanations already in --out")
+    parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra abn-train override for every run (repeatable), e.g. data.train_size=64")
+    parser.add_argument("--update-docs", action="store_true", help="write the table into docs/supervision.md")
+    args = parser.parse_args(argv)
+    args.seed = args.seeds[0]  # the explanation seed (random map, sampling) of compare_explanations' explain()
+
+    text = table(measure(args), args, argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"supervision_{args.epochs}ep.md").write_text(text + "\n")
+    print("\n" + text)
+    if args.update_docs:
+        page = PAGE.read_text()
+        if TABLE_START not in page or TABLE_END not in page:
+            raise SystemExit(f"{PAGE.name} has no {TABLE_START} … {TABLE_END} markers")
+        before, rest = page.split(TABLE_START, 1)
+        PAGE.write_text(before + TABLE_START + "\n" + text + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1])
+    return text
+
+
+if __name__ == "__main__":
+    main()
