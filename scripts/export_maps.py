@@ -86,25 +86,8 @@ def data_config(ckpt_path: str, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def evaluation_view(datamodule: Any) -> None:
-    """Make ``datamodule`` build its training split with its evaluation transform (no augmentation): the embedded
-    data sets' ``_eval_transform``, the folder data's evaluation geometry, or ``_transform(train=False)``."""
-    if callable(getattr(datamodule, "_eval_transform", None)):
-        datamodule._train_transform = datamodule._eval_transform
-    elif callable(getattr(datamodule, "_geometric", None)):
-        geometric = datamodule._geometric
-        datamodule._geometric = lambda train, *args, **kwargs: geometric(False, *args, **kwargs)
-    elif callable(getattr(datamodule, "_transform", None)):
-        transform = datamodule._transform
-        datamodule._transform = lambda train: transform(False)
-    else:
-        raise ValueError(f"{type(datamodule).__name__} does not say how it transforms evaluation images; export "
-                         "the val or test split (--split val)")
-
-
 def split_dataset(datamodule: Any, split: str) -> Any:
-    if split == "train":
-        evaluation_view(datamodule)
+    datamodule.augment = False  # the training images as they are: no random crop or flip
     datamodule.setup({"train": "fit", "val": "validate", "test": "test"}[split])
     dataset = getattr(datamodule, f"{split}_set")
     if dataset is None or len(dataset) == 0:

@@ -51,6 +51,9 @@ class ClassificationDataModule(L.LightningDataModule):
     title: str = "this data set"  # its name in messages
     supervision: Optional[str] = None  # the ground truth of the training batches: None, "boxes" or "masks"
     supervised_fraction: float = 1.0  # the share of training images that keep it (set with check_supervised_fraction)
+    # False: the training split is built with the evaluation transform (no crop or flip), e.g. to export the maps of
+    # training images as they are; an option (data.augment) of the data sets that offer it
+    augment: bool = True
 
     def __init__(self, num_classes: Optional[int], in_chans: int, batch_size: int, num_workers: int, pin_memory: bool):
         super().__init__()

@@ -204,7 +204,7 @@ class CelebADataModule(ClassificationDataModule):
 
     def _transform(self, train: bool) -> transforms.Compose:
         steps = [transforms.Resize((self.image_size, self.image_size))]
-        if train and self.hflip:
+        if train and self.augment and self.hflip:
             steps.append(transforms.RandomHorizontalFlip())
         return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 

@@ -248,7 +248,7 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
 
     def _split(self, images: Tensor, labels: Tensor, pool: np.ndarray, split: str,
                num_samples: Optional[int]) -> ClutteredFashionMNIST:
-        transform = self._train_transform if split == "train" else self._eval_transform
+        transform = self._train_transform if split == "train" and self.augment else self._eval_transform
         return ClutteredFashionMNIST(
             images, labels, pool, split, self.seed, num_samples, self.canvas_size, self.min_scale, self.max_scale,
             self.clutter, self.min_clutter_size, self.max_clutter_size, transform,

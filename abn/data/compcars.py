@@ -390,7 +390,7 @@ class CompCarsDataModule(ClassificationDataModule):
         """Flip (training), letterbox or resize, normalise: a PIL image, or a PIL image and its ``BoundingBoxes``,
         which every geometric step moves with the image."""
         height, width = self.image_size
-        steps: list[Callable] = [v2.RandomHorizontalFlip()] if train and self.hflip else []
+        steps: list[Callable] = [v2.RandomHorizontalFlip()] if train and self.augment and self.hflip else []
         steps.append(Letterbox(height, width) if self.keep_aspect else v2.Resize((height, width)))
         to_normalised_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std),
                                 v2.ToPureTensor()]

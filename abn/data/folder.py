@@ -212,11 +212,11 @@ class FolderDataModule(ClassificationDataModule):
         masks)."""
         if self.resize_only:
             steps = [library.Resize((self.image_size, self.image_size))]
-        elif train:
+        elif train and self.augment:
             steps = [library.RandomResizedCrop(self.image_size)]
         else:
             steps = [library.Resize(self.resize_size), library.CenterCrop(self.image_size)]
-        if train and self.hflip:
+        if train and self.augment and self.hflip:
             steps.append(library.RandomHorizontalFlip())
         return steps
 

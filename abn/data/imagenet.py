@@ -102,7 +102,7 @@ class ImageNetDataModule(ClassificationDataModule):
         return self.classes
 
     def _transform(self, train: bool) -> transforms.Compose:
-        if train:
+        if train and self.augment:
             steps = [transforms.RandomResizedCrop(self.image_size), transforms.RandomHorizontalFlip()]
         else:
             steps = [transforms.Resize(self.resize_size), transforms.CenterCrop(self.image_size)]

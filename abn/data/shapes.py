@@ -217,7 +217,7 @@ class DrawnDataModule(ClassificationDataModule):
         return self.normalize(image), boxes
 
     def _transform(self, split: str) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        return self._train_transform if split == "train" else self._eval_transform
+        return self._train_transform if split == "train" and self.augment else self._eval_transform
 
     def _make(self, split: str) -> DrawnImages:
         """The data set of ``split`` (``train``, ``val`` or ``test``) with ``self._transform(split)``."""

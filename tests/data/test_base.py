@@ -1,14 +1,21 @@
-"""The size of the images each data module yields, the default arch it leads to (``model.arch: null``), and the note
-on a chosen arch made for images of another size."""
+"""The size of the images each data module yields, the default arch it leads to (``model.arch: null``), the note
+on a chosen arch made for images of another size, and training images without augmentation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from abn.data import (CelebADataModule, CIFAR10DataModule, CIFAR100DataModule, ClassificationDataModule,
                       ClutteredFashionMNISTDataModule, CompCarsDataModule, FashionMNISTDataModule, FolderDataModule,
                       ImageNetDataModule, ShapesDataModule, SVHNDataModule)
 from abn.models.registry import arch_size_note, default_arch_for
+
+from ..conftest import make_fashion_mnist
 
 
 @pytest.mark.parametrize("make, input_size, arch", [
@@ -66,3 +73,50 @@ def test_imagenet_network_on_small_images_gets_a_note():
 ])
 def test_no_note_where_the_arch_fits_or_is_not_registered(arch, input_size):
     assert arch_size_note(arch, input_size) is None
+
+
+def training_image_draws(module: ClassificationDataModule, draws: int = 6) -> list:
+    """The first training image, drawn ``draws`` times after one seed (its random crop and flip differ per draw)."""
+    module.setup("fit")
+    torch.manual_seed(0)
+    return [module.train_set[0][0] for _ in range(draws)]
+
+
+def shapes(tmp_path: Path) -> ClassificationDataModule:
+    return ShapesDataModule(train_size=16, val_size=8, test_size=8)
+
+
+def cluttered(tmp_path: Path) -> ClassificationDataModule:
+    system_copy = make_fashion_mnist(tmp_path / "fashion-mnist")
+    return ClutteredFashionMNISTDataModule(root=str(tmp_path / "data"), search_dirs=[str(system_copy)], download=False,
+                                           train_size=16, val_size=8)
+
+
+def folder(tmp_path: Path) -> ClassificationDataModule:
+    for name in ("a", "b"):
+        (tmp_path / "images" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / name / f"{i}.png")
+    return FolderDataModule(root=str(tmp_path / "images"), image_size=32, batch_size=4)
+
+
+@pytest.mark.parametrize("make", [shapes, cluttered, folder])
+def test_without_augmentation_a_training_image_is_the_same_at_every_draw(make, tmp_path: Path):
+    """``augment = False`` (how scripts/export_maps.py shows training images as they are) switches off the random
+    crop and flip of the training split."""
+    augmented = training_image_draws(make(tmp_path))
+    assert any(not torch.equal(augmented[0], image) for image in augmented[1:])
+    module = make(tmp_path)
+    module.augment = False
+    plain = training_image_draws(module)
+    assert all(torch.equal(plain[0], image) for image in plain[1:])
+
+
+@pytest.mark.parametrize("module", [CelebADataModule(), CompCarsDataModule(), ImageNetDataModule(),
+                                    CIFAR10DataModule(), SVHNDataModule(), FashionMNISTDataModule()],
+                         ids=lambda module: type(module).__name__)
+def test_without_augmentation_the_training_transform_is_the_evaluation_transform(module):
+    assert repr(module._transform(True)) != repr(module._transform(False))
+    module.augment = False
+    assert repr(module._transform(True)) == repr(module._transform(False))
