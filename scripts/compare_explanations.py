@@ -20,10 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_tables import markers, write_between_markers  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ROOT_DOCS = ROOT / "docs"
 PAGE = ROOT_DOCS / "results.md"  # the page that holds the tables (the README links to it)
-TABLE_START, TABLE_END = "<!-- explain-table:start -->", "<!-- explain-table:end -->"
+TABLE_START, TABLE_END = markers("explain")
 HEADS = ("baseline", "cam", "abn")
 # shallow, middle and deep feature maps of the CIFAR-style ResNets
 DEPTHS = {"shallow": "features.layer1", "middle": "features.layer2", "deep": "last_stage"}
@@ -155,12 +158,7 @@ def main(argv: list[str] | None = None) -> str:
         docs.mkdir(exist_ok=True)
         for name, grid in grids.items():
             shutil.copyfile(grid, docs / f"explanations_{name}.png")
-        text = PAGE.read_text()
-        if TABLE_START not in text or TABLE_END not in text:
-            raise SystemExit(f"{PAGE.name} has no {TABLE_START} … {TABLE_END} markers")
-        before, rest = text.split(TABLE_START, 1)
-        after = rest.split(TABLE_END, 1)[1]
-        PAGE.write_text(before + TABLE_START + "\n" + table + "\n" + TABLE_END + after)
+        write_between_markers(PAGE, "explain", table)
     return table
 
 

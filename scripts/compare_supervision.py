@@ -18,12 +18,14 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_explanations import ROOT, data_sets, explain, reproducing_flags, run  # noqa: E402
+from doc_tables import markers, write_between_markers  # noqa: E402
 
 PAGE = ROOT / "docs" / "supervision.md"
-TABLE_START, TABLE_END = "<!-- supervision-table:start -->", "<!-- supervision-table:end -->"
+TABLE_START, TABLE_END = markers("supervision")
 LOSSES = ("l1", "mse", "energy", "rrr", "bce", "suppress_outside")
 METRICS = {"pointing_game": "pointing ↑", "energy_pointing_game": "energy in box ↑", "deletion_auc": "deletion ↓"}
 
@@ -39,8 +41,8 @@ def settings(args: argparse.Namespace) -> dict[str, list[str]]:
     return chosen
 
 
-def test_accuracy(job: Path) -> float:
-    """The run's last test accuracy (perception branch), read from its TensorBoard events."""
+def test_accuracy(job: Path) -> Optional[float]:
+    """The run's last test accuracy (perception branch), read from its TensorBoard events; None before the run ends."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for events in sorted((job / "tensorboard").rglob("events.out.tfevents.*")):
@@ -48,15 +50,32 @@ def test_accuracy(job: Path) -> float:
         accumulator.Reload()
         if "test/acc" in accumulator.Tags()["scalars"]:
             return accumulator.Scalars("test/acc")[-1].value
-    raise SystemExit(f"{job} has no test/acc in its TensorBoard logs: did the run finish? (rerun without --reuse)")
+    return None
 
 
-def train_job(data: str, overrides: list[str], job: Path, seed: int, args: argparse.Namespace) -> None:
-    if args.reuse and (job / "checkpoints" / "last.ckpt").is_file():
-        return
+def set_aside(job: Path) -> None:
+    """Rename an earlier or interrupted run's folder (``seed0`` → ``seed0.old1``) so that nothing on disk is lost."""
+    number = 1
+    while job.with_name(f"{job.name}.old{number}").exists():
+        number += 1
+    state = "finished" if test_accuracy(job) is not None else "unfinished"
+    job.rename(job.with_name(f"{job.name}.old{number}"))
+    print(f"kept the {state} run that was in {job} as {job.name}.old{number}", flush=True)
+
+
+def train_job(data: str, overrides: list[str], job: Path, seed: int, args: argparse.Namespace) -> float:
+    """Train (unless ``--reuse`` finds the run finished) and return its test accuracy."""
+    if args.reuse and (accuracy := test_accuracy(job)) is not None:
+        return accuracy
+    if job.exists():
+        set_aside(job)
     run([sys.executable, "-m", "abn.train", f"data={data}", f"seed={seed}",
          "trainer=cpu" if args.cpu else "trainer=default", *data_sets(args)[data], *overrides,
          *args.train_override, f"hydra.run.dir={job}"])
+    accuracy = test_accuracy(job)
+    if accuracy is None:
+        raise SystemExit(f"{job} ended without a test accuracy in its TensorBoard logs; see its train.log")
+    return accuracy
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
@@ -75,8 +94,7 @@ def measure(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, lis
             values: dict[str, dict[str, list[float]]] = {method: {} for method in methods}
             for seed in args.seeds:
                 job = args.out / data / f"{args.epochs}ep" / name / f"seed{seed}"
-                train_job(data, overrides, job, seed, args)
-                accuracy = test_accuracy(job)
+                accuracy = train_job(data, overrides, job, seed, args)
                 explained = explain(job, "explain", [f"methods=[{','.join(methods)}]", "grid_batches=1"], args)
                 for row in explained:
                     scores = values[row["method"]]
@@ -132,11 +150,7 @@ def main(argv: list[str] | None = None) -> str:
     (args.out / f"supervision_{args.epochs}ep.md").write_text(text + "\n")
     print("\n" + text)
     if args.update_docs:
-        page = PAGE.read_text()
-        if TABLE_START not in page or TABLE_END not in page:
-            raise SystemExit(f"{PAGE.name} has no {TABLE_START} … {TABLE_END} markers")
-        before, rest = page.split(TABLE_START, 1)
-        PAGE.write_text(before + TABLE_START + "\n" + text + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1])
+        write_between_markers(PAGE, "supervision", text)
     return text
 
 

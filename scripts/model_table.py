@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -18,9 +19,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from abn.models import create_model, list_models, model_info
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_tables import markers, write_between_markers  # noqa: E402
+
 # the page that holds the table (the README links to it)
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "models.md"
-START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
+START, END = markers("model")
 
 
 def measure(arch: str, head: str, branch_depth: str = "full") -> tuple[int, float, tuple[int, int] | None]:
@@ -71,11 +75,7 @@ def table(archs: list[str]) -> str:
 
 
 def update_page(markdown: str) -> None:
-    text = PAGE.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{PAGE.name} lacks the markers {START} and {END}")
-    block = f"{START}\n{markdown}\n{END}"
-    PAGE.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    write_between_markers(PAGE, "model", markdown)
 
 
 def main() -> None:

@@ -38,3 +38,24 @@ def test_trains_each_setting_per_seed_and_tabulates_mean_and_spread(tmp_path):
     written = checkpoint.stat().st_mtime_ns
     assert script.main(["--out", str(out), *TINY, "--reuse"]) == table  # nothing retrained, same table
     assert checkpoint.stat().st_mtime_ns == written
+
+
+def test_an_interrupted_run_is_trained_again_and_kept_aside(tmp_path, capsys):
+    """A run killed before its end has checkpoints but no test accuracy: --reuse trains it again instead of
+    tabulating it, and keeps the interrupted folder."""
+    script = load_script("compare_supervision")
+    out = tmp_path / "out"
+    one_seed = [*TINY[:4], *TINY[5:], "--losses"]  # seed 0, only the baseline and the unsupervised ABN
+    script.main(["--out", str(out), *one_seed])
+    job = out / "shapes" / "1ep" / "abn" / "seed0"
+    baseline = out / "shapes" / "1ep" / "baseline" / "seed0" / "checkpoints" / "last.ckpt"
+    written = baseline.stat().st_mtime_ns
+    for events in (job / "tensorboard").rglob("events.out.tfevents.*"):
+        events.unlink()  # as if killed after its last checkpoint, before the test
+    capsys.readouterr()
+    script.main(["--out", str(out), *one_seed, "--reuse"])
+    printed = capsys.readouterr().out
+    assert f"kept the unfinished run that was in {job} as seed0.old1" in printed
+    assert (job.parent / "seed0.old1" / "checkpoints" / "last.ckpt").is_file()
+    assert script.test_accuracy(job) is not None
+    assert printed.count("kept the") == 1 and baseline.stat().st_mtime_ns == written  # the finished baseline reused
