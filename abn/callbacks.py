@@ -31,6 +31,9 @@ class AttentionImageLogger(L.Callback):
 
     A multi-task ABN (one map per attribute) logs ``val/attribute_maps`` instead of ``val/attention``: the input with
     the boxes of its objects, then one column per attribute named in ``attributes`` (None: all), titled with its name.
+
+    A network whose outputs are nan or inf for any of these images (its weights diverged) gets no figures that epoch,
+    only a warning.
     """
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 8, cmap: str = "jet", alpha: float = 0.5,
@@ -83,6 +86,12 @@ class AttentionImageLogger(L.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
+        diverged = self.non_finite_images(trainer, pl_module)
+        if diverged:
+            log.warning("callbacks.attention_images: no figures for epoch %d: the network's outputs are nan or inf for "
+                        "%d of its %d fixed validation images (its weights have diverged)", trainer.current_epoch,
+                        diverged, len(self._fixed_images(trainer)[0]))
+            return
         multitask = getattr(pl_module.net, "head_name", None) == "multitask"
         tag, grid = ("val/attribute_maps", self.attribute_grid(trainer, pl_module)) if multitask else \
             ("val/attention", self.grid(trainer, pl_module))
@@ -97,6 +106,18 @@ class AttentionImageLogger(L.Callback):
             logger.experiment.add_image(tag, grid, global_step=trainer.global_step)
             if explanations is not None:
                 logger.experiment.add_image("val/explanations", explanations, global_step=trainer.global_step)
+
+    def non_finite_images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """How many of the fixed images get a nan or inf logit or map: nothing worth drawing (a diverged network)."""
+        images, _ = self._fixed_images(trainer)
+        net = pl_module.net
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            out = net(images.to(pl_module.device))
+        net.train(was_training)
+        outputs = [value.flatten(1) for value in (out.logits, out.att_logits, out.attention) if value is not None]
+        return int((~torch.cat(outputs, 1).isfinite().all(1)).sum())
 
     def explanation_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
         """Input (with box) | one titled column per applicable method of ``methods``."""

@@ -70,7 +70,8 @@ def reported_errors(run_dir: Path, fresh_folder: bool) -> Iterator[None]:
             log.error("This job failed: %s", message)
         else:
             log_to_file_only(logging.ERROR, message)
-        if fresh_folder and user_error is not None and run_dir.is_dir() and not holds_results(run_dir):
+        removable = user_error is not None and not getattr(user_error, "keep_run_folder", False)
+        if fresh_folder and removable and run_dir.is_dir() and not holds_results(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
             where = ""
         else:

@@ -9,6 +9,8 @@ The resolvers are registered when this module is imported, which both entry poin
 * ``${abn.names:archs}`` (``heads``, or a config group such as ``data``): the valid names, for ``--help``.
 * ``${abn.job_folder:${hydra.job.num},${hydra.job.override_dirname}}``: a multirun job's folder name that a shell and Hydra's
   override grammar both take unquoted, and short (see :func:`job_folder_name`).
+* ``${abn.new_folder:${paths.log_dir}/…/${now:%Y-%m-%d_%H-%M-%S}}``: that folder, made now and this run's own; a
+  second run started in the same second gets ``…_2`` (see :func:`claim_new_folder`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,22 @@ def job_folder_name(job_number: int, override_dirname: str) -> str:
     return f"{job_number}_{name}" if name else str(job_number)
 
 
+def claim_new_folder(path: str) -> str:
+    """Make the folder ``path`` and return it; if it exists (another run started in the same second), make and return
+    ``path_2``, ``path_3``, … instead. ``os.mkdir`` either makes a folder or fails, so two processes never get the
+    same one; ``_2`` sorts after ``path`` and before the next second's folder."""
+    folder = Path(path)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = folder, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            number += 1
+            candidate = folder.with_name(f"{folder.name}_{number}")
+
+
 def valid_names(kind: str) -> str:
     """``archs`` and ``heads`` from the model registry, the explanation ``methods``, or the options of a config group (``data``, ``experiment``)."""
     if kind == "archs":
@@ -87,6 +105,8 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("abn.workers", at_most_cores, replace=True)
     OmegaConf.register_new_resolver("abn.job_folder", job_folder_name, replace=True)
     OmegaConf.register_new_resolver("abn.names", valid_names, replace=True)
+    # cached: the folder is made once per config however often Hydra reads hydra.run.dir (a sweep's jobs copy the cache)
+    OmegaConf.register_new_resolver("abn.new_folder", claim_new_folder, replace=True, use_cache=True)
 
 
 register_resolvers()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import lightning as L
@@ -19,6 +20,8 @@ from .models.network import resolve_attention_mode
 from .supervision import check_supervision, supervision_loss, target_masks
 
 STAGES = ("train", "val", "test")
+# the terms of the ABN loss, by the name messages use, and the name each is logged under ({stage}/loss_per, ...)
+LOSS_TERMS = {"perception": "loss_per", "attention": "loss_att", "supervision": "loss_sup"}
 # multilabel loss per attribute: binary cross-entropy (the authors'), or the PyTorch port's focal loss BCE·(1 − p_t)^γ
 LABEL_LOSSES = ("bce", "focal")
 # multilabel weight of each attribute's loss: none (all 1), or the port's ∝ exp(−frequency in the training data)
@@ -49,6 +52,9 @@ class ABNModule(L.LightningModule):
     **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
     cores); ``compile`` compiles the network in place with ``nn.Module.compile`` (checkpoint keys are unchanged).
     Mixed precision is the trainer's job: ``trainer.precision=bf16-mixed``.
+
+    A training loss that becomes nan or inf stops the run before that step's update, and no checkpoint with nan or
+    inf weights is written: :class:`TrainingDiverged` names the step, the loss term and the last good checkpoint.
 
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``) taking the parameters and the
     optimizer. A scheduler whose ``T_max`` (cosine) or ``total_steps`` (one-cycle) is left out gets the length of
@@ -236,9 +242,14 @@ class ABNModule(L.LightningModule):
             state.pop(WEIGHTS_BUFFER, None)
 
     def _step(self, batch: Any, stage: str) -> Tensor:
+        return self._losses(batch, stage)[0]
+
+    def _losses(self, batch: Any, stage: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted loss of a batch and its terms by name (``LOSS_TERMS``: those the head has); logs them all."""
         images, labels = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         out = self.net(images)
         loss_per = self.criterion(out.logits, labels)
+        terms = {"perception": loss_per}
         loss = self.hparams.perception_loss_weight * loss_per
         on_step = stage == "train"
         log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels))
@@ -248,6 +259,7 @@ class ABNModule(L.LightningModule):
             self.metrics[f"{stage}_attributes"].update(out.logits, labels)
         if out.att_logits is not None:
             loss_att = self.criterion(out.att_logits, labels)
+            terms["attention"] = loss_att
             loss = loss + self.hparams.attention_loss_weight * loss_att
             log(f"{stage}/loss_att", loss_att)
             shown = [f"{stage}/acc_att"] if stage != "train" else []
@@ -256,10 +268,11 @@ class ABNModule(L.LightningModule):
         if supervision["loss"] is not None:
             loss_sup = self._supervision_loss(out, batch, stage)
             if loss_sup is not None:
+                terms["supervision"] = loss_sup
                 loss = loss + supervision["weight"] * loss_sup
                 log(f"{stage}/loss_sup", loss_sup)
         log(f"{stage}/loss", loss, prog_bar=stage == "train")
-        return loss
+        return loss, terms
 
     def _supervision_loss(self, out: ABNOutput, batch: Any, stage: str) -> Optional[Tensor]:
         """The supervision loss of the batch's images that carry a box or mask (None when none does)."""
@@ -289,7 +302,58 @@ class ABNModule(L.LightningModule):
             log(name, metric, prog_bar=name in shown)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss, terms = self._losses(batch, "train")
+        self._stop_if_diverged(loss, terms, batch_idx)
+        return loss
+
+    def _stop_if_diverged(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
+        """Raise :class:`TrainingDiverged` before the update of a step whose loss is nan or inf, on every process.
+
+        One value read back from the device per step (the progress bar reads the loss anyway). The processes of a
+        DDP run agree first (one boolean all-reduce), so a nan on one rank stops them all at this step, each with
+        the same message, instead of leaving the others waiting in the gradient all-reduce."""
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        codes = torch.stack([non_finite_code(terms[name]) if name in terms else torch.tensor(0, device=loss.device)
+                             for name in LOSS_TERMS] + [non_finite_code(loss)])
+        per_rank = self.all_gather(codes).view(-1, len(LOSS_TERMS) + 1).cpu()  # world_size × (terms, sum)
+        step = (f"at global step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx}; both "
+                f"counted from 0)")
+        raise TrainingDiverged(
+            f"Training diverged {step}: {describe_non_finite_losses(per_rank)}.\nThe run stopped before that step's "
+            f"update and writes no checkpoint from here on. {self._advice()}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write weights that are nan or inf (an update can make them so while its loss was finite): the
+        files of the run keep the last good weights, and the run stops saying so."""
+        state = checkpoint.get("state_dict") or {}
+        numbers = {name: value for name, value in state.items() if torch.is_tensor(value) and value.is_floating_point()}
+        if not numbers or bool(torch.stack([value.isfinite().all() for value in numbers.values()]).all()):
+            return  # one value read back per checkpoint
+        broken = [name for name, value in numbers.items() if not bool(value.isfinite().all())]
+        raise TrainingDiverged(
+            f"Training diverged: after global step {self.trainer.global_step} (epoch {self.current_epoch}, counted "
+            f"from 0) the network's weights or statistics are nan or inf ({len(broken)} of its tensors, e.g. "
+            f"{broken[0]}), although the losses of the steps before were finite.\nThat checkpoint was not written and "
+            f"the run stopped. {self._advice()}")
+
+    def _advice(self) -> str:
+        """Which checkpoint holds the last good weights, and how to train without diverging."""
+        written = written_checkpoints(self.trainer)
+        kept = (f"The last good checkpoint is {written[-1]} (all of them: {written[-1].parent})." if written
+                else "No checkpoint had been written yet.")
+        configured = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if configured is not None:
+            lower = f"model.optimizer.lr={configured / 10:g} (this run: {configured:g})"
+        else:
+            current = [group["lr"] for optimizer in self.trainer.optimizers for group in optimizer.param_groups]
+            lower = f"lr={current[0] / 10:g} (this run: {current[0]:g})" if current else "a tenth of this run's rate"
+        again = (f"Train again with a lower learning rate, e.g. {lower}, or clip the gradients "
+                 "(trainer.gradient_clip_val=1.0)")
+        if written:
+            again += f"; init_from={written[-1]} starts that run from the last good weights"
+        return f"{kept}\n{again}."
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -355,6 +419,47 @@ class ABNModule(L.LightningModule):
                     "the run that wrote it. Resume it with that run's settings (abn-train ckpt_path=<run>/checkpoints/"
                     "last.ckpt reads them from the run folder), or start a new run without ckpt_path"
                 )
+
+
+class TrainingDiverged(ValueError):
+    """A training loss (or the weights) became nan or inf: the run stops, and its checkpoints keep the last good
+    weights. A ValueError, so ``abn-train`` reports the message alone, without a traceback; the run folder is kept
+    even before its first checkpoint (its log and TensorBoard curves show how it diverged)."""
+
+    keep_run_folder = True
+
+
+def non_finite_code(value: Tensor) -> Tensor:
+    """``value`` (a scalar loss) as 0 if finite, 1 if nan, 2 if ±inf: an int64 tensor on its device."""
+    value = value.detach()
+    return torch.where(value.isnan(), 1, torch.where(value.isinf(), 2, 0)).to(torch.int64)
+
+
+def describe_non_finite_losses(per_rank: Tensor) -> str:
+    """Which loss terms were nan or inf, on which process: ``per_rank`` holds a row of :func:`non_finite_code` per
+    process, one column per ``LOSS_TERMS`` and a last one for their weighted sum."""
+    several = len(per_rank) > 1
+    found = []
+    for column, (term, logged) in enumerate(LOSS_TERMS.items()):
+        for rank, codes in enumerate(per_rank):
+            if codes[column]:
+                where = f" on process {rank} of {len(per_rank)}" if several else ""
+                found.append(f"the {term} loss (train/{logged}) became {'nan' if codes[column] == 1 else 'inf'}{where}")
+    if found:
+        return ", ".join(found)
+    rank = int(per_rank[:, -1].nonzero()[0, 0]) if per_rank[:, -1].any() else 0
+    where = f" on process {rank} of {len(per_rank)}" if several else ""
+    return f"the weighted sum of the losses (train/loss) overflowed to inf{where} although each term was finite"
+
+
+def written_checkpoints(trainer: L.Trainer) -> list[Path]:
+    """The checkpoint files the trainer's checkpoint callbacks wrote that are on disk, the newest last."""
+    named = set()
+    for callback in trainer.checkpoint_callbacks:
+        named.update([getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""),
+                      *getattr(callback, "best_k_models", {})])
+    files = {Path(name) for name in named if name and Path(name).is_file()}
+    return sorted(files, key=lambda file: (file.stat().st_mtime_ns, file.name == "last.ckpt"))
 
 
 def supervision_settings(settings: Optional[dict], head: str) -> dict[str, Any]:

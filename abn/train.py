@@ -24,10 +24,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint_io import latest_checkpoint
 from .checkpoints import check_resume_checkpoint, load_initial_weights
 from .cli import reported_errors, route_library_logs_to_run_log
 from .config import config_dir
 from .data.facts import DataFacts, adopt_data_facts
+from .interrupt import StopOnSignal
 from .resume import check_resumed_settings, is_resumed_in_place, record_resumed_settings, resume_arguments
 
 log = logging.getLogger("abn")
@@ -69,6 +71,43 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# settings whose wrong type or value would fail deep inside Lightning or PyTorch with a raw TypeError, or not at all:
+# key → (what it must be, an example, the test)
+CHECKED_VALUES = {
+    "seed": ("an integer or null", "seed=0", lambda v: v is None or _integer(v)),
+    "data.batch_size": ("a positive integer", "data.batch_size=64", lambda v: _integer(v) and v > 0),
+    "data.num_workers": ("an integer ≥ 0", "data.num_workers=2", lambda v: _integer(v) and v >= 0),
+    "trainer.max_epochs": ("a positive integer", "trainer.max_epochs=30", lambda v: v is None or _integer(v) and v > 0),
+    "trainer.max_steps": ("an integer, -1 for no limit", "trainer.max_steps=-1", lambda v: _integer(v) and v >= -1),
+    "model.optimizer.lr": ("a number > 0", "model.optimizer.lr=0.1", lambda v: _number(v) and v > 0),
+    "model.optimizer.weight_decay": ("a number ≥ 0", "model.optimizer.weight_decay=1e-4", lambda v: _number(v) and v >= 0),
+    "model.optimizer.momentum": ("a number ≥ 0", "model.optimizer.momentum=0.9", lambda v: _number(v) and v >= 0),
+}
+
+
+def check_values(cfg: DictConfig) -> None:
+    """One clear message for a setting of the wrong type or range (``data.batch_size=abc``, ``trainer.max_epochs=0``)."""
+    for key, (meaning, example, valid) in CHECKED_VALUES.items():
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value == "<absent>" or valid(value):
+            continue
+        advice = ""
+        if key == "trainer.max_epochs" and value in (0, -1):
+            advice = (" (0 trains nothing and -1 never stops; to test a checkpoint without training give "
+                      "ckpt_path=<run>/checkpoints/last.ckpt train=false, for a run of a set length trainer.max_steps)")
+            if value == -1 and _integer(OmegaConf.select(cfg, "trainer.max_steps")) and cfg.trainer.max_steps > 0:
+                continue  # -1 epochs with a step limit: Lightning stops at max_steps
+        raise ValueError(f"{key}={value!r}: must be {meaning}, e.g. {example}{advice}")
+
+
 def check_start_point(cfg: DictConfig, previous: Optional[DictConfig] = None) -> None:
     """``init_from`` starts a new run from a checkpoint's weights, ``ckpt_path`` continues a run: not both, except
     when continuing (``previous``: its saved config) a run that was itself started with that ``init_from``."""
@@ -86,6 +125,7 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
 
     ``init_from`` (without ``ckpt_path``) starts the network from a checkpoint's weights; ``resumed``: the run
     continues in its own folder (its ``init_from`` was checked by :func:`run`, and ``ckpt_path`` restores all)."""
+    check_values(cfg)
     if not resumed:
         check_start_point(cfg)
     if cfg.get("seed") is not None:
@@ -100,19 +140,22 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     if not loggers:  # logger=none: nothing to record learning rates to
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    stopper = StopOnSignal()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stopper], logger=loggers or False)
 
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg.ckpt_path, model, training=cfg.get("train", True))
     elif cfg.get("init_from"):
         load_initial_weights(str(cfg.init_from), model, getattr(datamodule, "classes", ()))
         log.info("Starting a new run from the weights of %s (a fresh optimizer and schedule, epoch 0)", cfg.init_from)
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = final_metrics(trainer)
-    if cfg.get("test", True):
-        trainer.test(model, datamodule=datamodule)  # the last epoch's weights: no selection on the test set
-        metrics.update(final_metrics(trainer))
+    with stopper.listening(trainer):
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = final_metrics(trainer)
+        if cfg.get("test", True):
+            # the last epoch's weights (no selection on the test set): the trained model, or the checkpoint's
+            trainer.test(model, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else cfg.get("ckpt_path"))
+            metrics.update(final_metrics(trainer))
 
     hp_metrics = {f"hp/{name.replace('/', '_')}": value for name, value in metrics.items()
                   if name.split("/")[-1] in ("acc", "acc5", "acc_att", "loss") and not math.isnan(value)}
@@ -135,10 +178,14 @@ def print_summary(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, 
             if f"{split}/acc_att" in metrics:
                 lines.append(f"  {split} accuracy, attention branch:  {100 * metrics[f'{split}/acc_att']:.2f} %")
             break
-    checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
-    if checkpoint and Path(checkpoint).is_file():
+    checkpoint = latest_checkpoint(trainer)  # the last epoch's (or step's): what a resumed run continues from
+    if checkpoint:
         lines.append(f"  checkpoint:       {checkpoint}")
         lines.append(f"  resume it with:   abn-train ckpt_path={checkpoint}")
+    best = trainer.checkpoint_callback
+    best_path = getattr(best, "best_model_path", "") if getattr(best, "monitor", None) else ""
+    if best_path and Path(best_path).is_file() and best_path != checkpoint:
+        lines.append(f"  {f'best {best.monitor}:':<17} {best_path}")
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             log_dir = Path(logger.log_dir)

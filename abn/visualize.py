@@ -35,6 +35,7 @@ DPI = 100  # 1 inch = 100 px: the layout below is in pixels
 TITLE_PT, CAPTION_PT, BAR_PT = 9.0, 8.5, 8.0
 PAD, GAP = 8, 6  # outer margin, space between tiles (px)
 BAR_GAP, BAR_WIDTH, BAR_TICKS = 10, 12, 34  # colour bar: space before it, its width, its tick labels (px)
+NON_FINITE_RGB = (1.0, 0.0, 1.0)  # where a map is nan or inf: magenta, a colour of none of jet, turbo, viridis, inferno
 
 
 @dataclass
@@ -55,10 +56,17 @@ class GridColumn:
 
 
 def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
-    """B×h×w values in [0, 1] → B×3×h×w RGB through a matplotlib colormap (outside values clipped, NaN as 0)."""
+    """B×h×w values in [0, 1] → B×3×h×w RGB through a matplotlib colormap (outside values clipped), nan and ±inf in
+    ``NON_FINITE_RGB``: a map of a diverged network must not pass for a flat one."""
     lut = torch.tensor(matplotlib.colormaps[cmap](torch.linspace(0, 1, 256).numpy())[:, :3], dtype=torch.float32)
-    index = (torch.nan_to_num(maps.detach().float(), nan=0.0).clamp(0, 1) * 255).round().long().cpu()
-    return lut[index].permute(0, 3, 1, 2)
+    maps = maps.detach().float().cpu()
+    index = (torch.nan_to_num(maps, nan=0.0).clamp(0, 1) * 255).round().long()
+    marked = torch.tensor(NON_FINITE_RGB).view(1, 3, 1, 1)
+    return torch.where(maps.isfinite()[:, None], lut[index].permute(0, 3, 1, 2), marked)
+
+
+def has_non_finite(maps: Optional[Tensor]) -> bool:
+    return maps is not None and not bool(maps.isfinite().all())
 
 
 def grey(images: Tensor) -> Tensor:
@@ -200,10 +208,12 @@ def mosaic(columns: Sequence[GridColumn], cmap: str, alpha: float, tile: int) ->
 def render_columns(columns: Sequence[GridColumn], cmap: str = "jet", alpha: float = 0.5, caption: str = "",
                    scale_label: str = "map value", tile: int = 96) -> Tensor:
     """The :func:`mosaic` under a title per column and ``caption`` (say what the scale means), with a colour bar
-    (0 to 1, labelled ``scale_label``) when there are maps. Returns 3×H×W float in [0, 1], as
-    ``SummaryWriter.add_image`` takes it."""
+    (0 to 1, labelled ``scale_label``) when there are maps; nan or inf in a map is drawn in magenta, and the caption
+    says so. Returns 3×H×W float in [0, 1], as ``SummaryWriter.add_image`` takes it."""
     if not columns:
         raise ValueError("render_columns needs at least one column")
+    if any(has_non_finite(c.maps) for c in columns):
+        caption = f"{caption} Magenta: nan or inf (the network's output is not finite).".strip()
     with one_thread():
         grid, (_, tile_w) = mosaic(columns, cmap, alpha, tile)
     has_maps = any(c.maps is not None for c in columns)

@@ -95,3 +95,20 @@ def run_cli(entry: Callable[[], None], arguments: list[str], cwd: Path, monkeypa
     if expect_success:
         assert code == 0, f"{' '.join(arguments)} exited with {code}:\n{printed.out[-3000:]}\n{printed.err[-3000:]}"
     return code, printed.out, printed.err
+
+
+def train_once(folder: Path, arguments: list[str]) -> Path:
+    """Run ``abn-train arguments`` in ``folder`` as a user would (for module-scoped fixtures, which have no
+    ``monkeypatch``); returns the run folder it made."""
+    from abn.train import main
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(folder)
+        monkeypatch.setattr(sys, "argv", ["abn-train", *arguments])
+        GlobalHydra.instance().clear()
+        try:
+            main()
+        finally:
+            GlobalHydra.instance().clear()
+    (run,) = (folder / "logs" / "train" / "runs").iterdir()
+    return run

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import json
 import site
+import threading
 from pathlib import Path
 
-from abn.config import config_dir
+from abn.config import claim_new_folder, config_dir
+
+from .conftest import compose_train_config
 
 REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -52,3 +56,45 @@ def test_workers_are_at_most_the_available_cores(monkeypatch):
 
     monkeypatch.setattr(abn.config, "available_cores", lambda: 2)
     assert abn.config.at_most_cores(8) == 2 and abn.config.at_most_cores(1) == 1
+
+
+class FrozenClock(datetime.datetime):
+    """Every run starts at the same second."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 1, 12, 0, 0)
+
+
+def test_runs_and_sweeps_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch, clear_hydra):
+    import hydra.core.utils
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", FrozenClock)  # Hydra's ${now:} reads the time from there
+    for kind, parent in (("run", "runs"), ("sweep", "multiruns")):
+        folders = []
+        for head in ("baseline", "abn"):
+            cfg = compose_train_config(tmp_path, [f"model.head={head}"])
+            folders.append(Path(cfg.hydra[kind].dir))
+            assert Path(cfg.hydra[kind].dir) == folders[-1]  # read again: the same folder, no new one
+        base = tmp_path / "logs" / "train" / parent / "2026-01-01_12-00-00"
+        assert folders == [base, base.with_name(base.name + "_2")]
+        assert sorted(base.parent.iterdir()) == folders
+
+
+def test_a_new_folder_goes_to_one_process_only_and_sorts_in_time_order(tmp_path):
+    wanted = tmp_path / "runs" / "2026-01-01_12-00-00"
+    start = threading.Barrier(6)
+    claimed = []
+
+    def claim():
+        start.wait()
+        claimed.append(claim_new_folder(str(wanted)))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == [str(wanted)] + [f"{wanted}_{n}" for n in range(2, 7)]
+    later = claim_new_folder(str(wanted.with_name("2026-01-01_12-00-01")))
+    assert sorted([*claimed, later], key=lambda p: Path(p).name)[-1] == later

@@ -8,9 +8,10 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from abn.module import ABNModule
+from abn.module import ABNModule, TrainingDiverged
 
 
 def _batch():
@@ -172,3 +173,82 @@ def test_the_multitask_head_needs_multi_label_data():
     module = ABNModule(arch="resnet20", head="multitask", num_classes=2, task="multilabel", attribute_names=["a", "b"])
     assert module.hparams.attention_mode == "multiply"  # the head's own rule, recorded as resolved
     assert module.attribute_names == ["a", "b"]
+
+
+class _NanAttentionFrom(L.Callback):
+    """From batch ``batch`` of epoch ``epoch`` on, the attention branch's logits are nan (the rest stays finite);
+    keeps the parameters as they were just before that step."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch, self.parameters_before = epoch, batch, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        self.parameters_before = {name: value.detach().clone() for name, value in module.named_parameters()}
+        forward = module.net.forward
+        module.net.forward = lambda x: forward(x)._replace(att_logits=torch.full_like(forward(x).att_logits, torch.nan))
+
+
+def _fit_until_it_fails(module, tmp_path, *callbacks, max_epochs=3, **trainer_kwargs):
+    """Fit 2 steps an epoch, a checkpoint per epoch (epoch_XXX.ckpt and last.ckpt); returns the error it stops with."""
+    images, labels = _batch()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=3)
+    saver = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="epoch_{epoch:03d}", save_last=True,
+                            auto_insert_metric_name=False)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, callbacks=[saver, *callbacks], enable_progress_bar=False,
+                        enable_model_summary=False, **trainer_kwargs)
+    with pytest.raises(TrainingDiverged) as stopped:
+        trainer.fit(module, loader, loader)
+    return str(stopped.value)
+
+
+def _saved_steps(folder):
+    return {path.name: torch.load(path, weights_only=True)["global_step"] for path in sorted(folder.glob("*.ckpt"))}
+
+
+def test_a_nan_loss_stops_training_before_its_update_naming_the_step_the_term_and_the_last_good_checkpoint(tmp_path):
+    module = ABNModule(head="abn", num_classes=3, optimizer=functools.partial(torch.optim.SGD, lr=0.05))
+    poison = _NanAttentionFrom(epoch=1, batch=1)
+    message = _fit_until_it_fails(module, tmp_path, poison)
+    assert message.startswith("Training diverged at global step 3 (epoch 1, batch 1; both counted from 0): the "
+                              "attention loss (train/loss_att) became nan.\n")
+    assert "perception" not in message
+    assert f"The last good checkpoint is {tmp_path / 'checkpoints' / 'last.ckpt'}" in message
+    assert "model.optimizer.lr=0.005 (this run: 0.05)" in message
+    for name, value in module.named_parameters():  # no update from the nan loss
+        assert torch.equal(value, poison.parameters_before[name]), name
+    assert _saved_steps(tmp_path / "checkpoints") == {"epoch_000.ckpt": 2, "last.ckpt": 2}  # nothing after epoch 0
+
+
+class _InfWeightAfter(L.Callback):
+    """After batch ``batch`` of epoch ``epoch``, a weight becomes inf (as an update can make it with a finite loss)."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            with torch.no_grad():
+                module.net.features.conv1.weight[0, 0, 0, 0] = torch.inf
+
+
+def test_weights_that_are_nan_or_inf_are_never_saved(tmp_path):
+    message = _fit_until_it_fails(ABNModule(head="abn", num_classes=3), tmp_path, _InfWeightAfter(epoch=1, batch=1))
+    assert message.startswith("Training diverged: after global step 4 (epoch 1, counted from 0) the network's weights "
+                              "or statistics are nan or inf (1 of its tensors, e.g. net.features.conv1.weight)")
+    assert f"The last good checkpoint is {tmp_path / 'checkpoints' / 'last.ckpt'}" in message
+    assert _saved_steps(tmp_path / "checkpoints") == {"epoch_000.ckpt": 2, "last.ckpt": 2}
+
+
+def test_a_nan_loss_on_another_process_stops_this_one_too(tmp_path, monkeypatch):
+    """DDP: each process checks its own loss; they agree (an all-reduce) before any stops, and name the process."""
+    module = ABNModule(head="abn", num_classes=3)
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "reduce_boolean_decision",
+                        lambda strategy, decision, all=True: False)  # not all processes' losses are finite
+    nan_on_process_1 = torch.tensor([1, 0, 0, 1])  # perception, attention, supervision, weighted sum
+    monkeypatch.setattr(module, "all_gather", lambda codes: torch.stack([codes, nan_on_process_1]))
+    message = _fit_until_it_fails(module, tmp_path)
+    assert message.startswith("Training diverged at global step 0 (epoch 0, batch 0; both counted from 0): the "
+                              "perception loss (train/loss_per) became nan on process 1 of 2.\n")
+    assert "No checkpoint had been written yet." in message

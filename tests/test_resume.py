@@ -3,19 +3,44 @@ settings; overrides typed with it are applied and checked."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import abn.train as train_cli
-from abn.resume import changed_settings, quoted, resume_arguments
+from abn.config import config_dir
+from abn.resume import changed_settings, quoted, refusal, resume_arguments
 
-from .conftest import TINY_SHAPES, run_cli
+from .conftest import TINY_SHAPES, run_cli, train_once
 
 # two epochs of two steps; epoch_000.ckpt is where an interrupted run would have stopped
 FIRST_RUN = [*TINY_SHAPES, "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
              "trainer.log_every_n_steps=1", "callbacks.attention_images.num_images=2", "model.optimizer.lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One real run of FIRST_RUN (``abn-train`` as a user starts it), trained once for the tests that only copy it."""
+    folder = tmp_path_factory.mktemp("trained")
+    return train_once(folder, FIRST_RUN)
+
+
+@pytest.fixture
+def run(trained_run, tmp_path) -> Path:
+    """A copy of :func:`trained_run` under this test's ``logs/train/runs/``."""
+    copy = tmp_path / "logs" / "train" / "runs" / trained_run.name
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+def files_of(run: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in run.rglob("*") if path.is_file() and path.suffix != ".log"}
 
 
 def event_steps(tensorboard: Path, tag: str) -> list[int]:
@@ -60,18 +85,109 @@ def test_overrides_typed_with_the_resume_apply_and_are_listed(tmp_path, monkeypa
 
 @pytest.mark.parametrize("override, named", [
     ("trainer.max_epochs=3", "trainer.max_epochs: 2 → 3"),  # the one-cycle schedule was sized to 2 epochs
+    ("model/scheduler=onecycle trainer.max_epochs=4", "trainer.max_epochs: 2 → 4"),  # died after 2 epochs once
     ("model.optimizer.lr=0.5", "model.optimizer.lr: 0.05 → 0.5"),  # restored from the checkpoint: would be ignored
+    ("model/scheduler=cosine", "model.scheduler._target_: 'torch.optim.lr_scheduler.OneCycleLR' → "
+                               "'torch.optim.lr_scheduler.CosineAnnealingLR'"),
+    # the network and its loss: the checkpoint's weights were trained with the old values (once silently accepted)
+    ("model.attention_mode=multiply", "model.attention_mode: 'residual' → 'multiply'"),
+    ("model.attention_loss_weight=0.5", "model.attention_loss_weight: 1.0 → 0.5"),
+    ("model.attention_supervision.loss=l1", "model.attention_supervision.loss: None → 'l1'"),
 ])
-def test_changes_a_resumed_run_cannot_honour_are_refused_and_nothing_is_lost(tmp_path, monkeypatch, capsys, override,
-                                                                            named):
-    run_cli(train_cli.main, FIRST_RUN, tmp_path, monkeypatch, capsys)
-    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".log"}
-    code, _, error = run_cli(train_cli.main, [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", override], tmp_path,
-                             monkeypatch, capsys, expect_success=False)
+def test_changes_a_resumed_run_cannot_honour_are_refused_and_nothing_is_lost(run, tmp_path, monkeypatch, capsys,
+                                                                            override, named):
+    before = files_of(run)
+    code, _, error = run_cli(train_cli.main, [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *override.split()],
+                             tmp_path, monkeypatch, capsys, expect_success=False)
     assert code == 1 and named in error and "Traceback" not in error
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".log"} == before
+    assert files_of(run) == before
     assert run.is_dir()
+
+
+def test_the_head_s_own_attention_mode_given_by_name_is_no_change(run, tmp_path, monkeypatch, capsys):
+    """The run saved attention_mode null (the abn head's own: residual); naming it is the same network."""
+    arguments = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "model.attention_mode=residual", "train=false",
+                 "test=false"]
+    _, printed, _ = run_cli(train_cli.main, arguments, tmp_path, monkeypatch, capsys)
+    assert f"Resuming the run in {run}" in printed
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["model.attention_mode=multiply"], "was trained with other model settings (attention_mode: checkpoint 'residual' "
+                                        "vs config 'multiply')"),
+    (["model/scheduler=cosine", "model.scheduler_interval=step"],
+     "the checkpoint's learning-rate scheduler is of another kind (its state holds cycle_momentum, total_steps"),
+    (["model/scheduler=none", "model.scheduler_interval=step"],
+     "the checkpoint has a learning-rate scheduler, the config has none"),
+    (["model/scheduler=cosine"], "scheduler_interval: checkpoint 'step' vs config 'epoch'"),
+])
+def test_a_checkpoint_outside_a_run_folder_trained_otherwise_is_refused_before_training(
+        run, tmp_path, monkeypatch, capsys, overrides, named):
+    """Without a run folder there are no saved settings to compare with: the checkpoint itself is compared."""
+    loose = tmp_path / "copied.ckpt"
+    loose.write_bytes((run / "checkpoints" / "epoch_000.ckpt").read_bytes())
+    arguments = [f"ckpt_path={loose}", *FIRST_RUN, *overrides]
+    code, _, error = run_cli(train_cli.main, arguments, tmp_path, monkeypatch, capsys, expect_success=False)
+    assert code == 1 and named in error and "init_from=" in error and "Traceback" not in error
+    assert sorted(p.name for p in (tmp_path / "logs" / "train" / "runs").iterdir()) == [run.name]  # no new folder
+
+
+def crafted_config(folder: Path, marker: Path) -> str:
+    """A logger config outside conf/ that would have Hydra make the folder ``marker``; its name for logger=."""
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create({"made": {"_target_": "os.mkdir", "path": str(marker)}}), folder / "crafted.yaml")
+    return os.path.relpath(folder / "crafted", config_dir() / "logger")
+
+
+@pytest.mark.parametrize("crafted", [
+    "+callbacks.evil={{_target_:os.mkdir,path:'{marker}'}}",
+    "+hydra.callbacks.evil={{_target_:os.mkdir,path:'{marker}'}}",
+    "model.arch='${{oc.create:{{_target_: os.mkdir, path: {marker}}}}}'",
+    "logger={outside}",  # a config file outside conf/
+    "model.optimizer._target_=os.mkdir",
+    "hydra/launcher=basic",
+])
+def test_saved_overrides_that_would_choose_what_gets_called_are_refused(run, tmp_path, monkeypatch, capsys, crafted):
+    """A run folder is data: a crafted line in its overrides.yaml is not replayed, and nothing of it is called."""
+    marker = tmp_path / "called"
+    line = crafted.format(marker=marker, outside=crafted_config(tmp_path / "elsewhere", marker))
+    overrides = run / ".hydra" / "overrides.yaml"
+    OmegaConf.save(OmegaConf.create([*OmegaConf.load(overrides), line]), overrides)
+    before = files_of(run)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["abn-train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    GlobalHydra.instance().clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            train_cli.main()  # its message is what the console shows
+    finally:
+        GlobalHydra.instance().clear()
+    message = str(exited.value.code)
+    assert f"{overrides} holds the override {line!r}" in message and "type it again with ckpt_path=" in message
+    assert not marker.exists() and "Resuming" not in capsys.readouterr().out
+    assert files_of(run) == before
+
+
+def test_a_saved_override_typed_again_is_the_user_s_own(run, tmp_path, monkeypatch, capsys):
+    """What the user types replaces the saved line: the resume goes on with the typed value."""
+    overrides = run / ".hydra" / "overrides.yaml"
+    OmegaConf.save(OmegaConf.create([*OmegaConf.load(overrides), "model.optimizer._target_=os.mkdir"]), overrides)
+    arguments = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "model.optimizer._target_=torch.optim.SGD",
+                 "train=false", "test=false"]
+    _, printed, _ = run_cli(train_cli.main, arguments, tmp_path, monkeypatch, capsys)
+    assert f"Resuming the run in {run}" in printed
+
+
+@pytest.mark.parametrize("line", [
+    "model.head=baseline", "logger=none", "model/scheduler=cosine", "experiment=fashion_mnist", "data=folder",
+    "paths.root_dir='/some where'", "+trainer.limit_train_batches=2", "~logger", "model.model_kwargs={dropout:0.3}",
+    "data._target_=abn.data.FolderDataModule", "model.scheduler._target_=torch.optim.lr_scheduler.MultiStepLR",
+    "data.root=${paths.data_dir}/mine", "data.num_workers=${abn.workers:4}",
+])
+def test_what_abn_train_saves_is_replayed(line):
+    """Settings, options of this project's config groups and the classes its configs name pass the check."""
+    (override,) = OverridesParser.create().parse_overrides([line])
+    assert refusal(override) is None
 
 
 def test_a_checkpoint_outside_a_run_folder_with_another_schedule_length_is_refused_before_training(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from abn.config import MAX_JOB_FOLDER
 from abn.module import ABNModule
 from abn.train import train
 
-from .conftest import TINY_SHAPES, compose_train_config
+from .conftest import TINY_SHAPES, compose_train_config, run_cli
 
 HEADS = ["baseline", "cam", "abn"]
 
@@ -193,3 +194,55 @@ def test_resume_accepts_a_checkpoint_written_before_the_model_options_existed(tm
     check_resume_checkpoint(str(old), ABNModule(arch="resnet20", head="abn", num_classes=3, model_kwargs={}))
     with pytest.raises(ValueError, match="branch_depth: checkpoint 'full' vs config 'light'"):
         check_resume_checkpoint(str(old), ABNModule(arch="resnet20", head="abn", num_classes=3, branch_depth="light"))
+
+
+def test_last_ckpt_is_the_last_epoch_and_step_however_the_best_epoch_did(tmp_path, monkeypatch, caplog):
+    """``abn-train ckpt_path=<run>/checkpoints/last.ckpt`` continues where the run stopped, also after epochs that did
+    not beat the best. Here the best is chosen on a value that never improves after the first epoch (``epoch``, mode
+    min), as val/acc does when a run stops improving; ``step_checkpoint`` also rewrites last.ckpt every 3 steps."""
+    from abn.checkpoint_io import AtomicCheckpointIO
+
+    saved = []
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        saved.append((Path(path).name, checkpoint["global_step"]))
+        real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    overrides = [*TINY_SHAPES, "data.val_size=16", "trainer.max_epochs=2", "test=false", "logger=none",
+                 "callbacks.attention_images=null", "callbacks.model_checkpoint.monitor=epoch",
+                 "callbacks.model_checkpoint.mode=min", "callbacks.step_checkpoint.every_n_train_steps=3"]
+    with caplog.at_level(logging.INFO, logger="abn"):
+        train(compose_train_config(tmp_path, overrides))
+
+    folder = tmp_path / "checkpoints"
+    assert sorted(path.name for path in folder.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 8)  # the second epoch's end (4 steps an epoch)
+    assert torch.load(folder / "epoch_000.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+    assert [step for name, step in saved if name == "last.ckpt"] == [3, 4, 6, 8]
+    assert f"checkpoint:       {folder / 'last.ckpt'}\n" in caplog.text
+    assert f"resume it with:   abn-train ckpt_path={folder / 'last.ckpt'}\n" in caplog.text
+    assert f"best epoch:       {folder / 'epoch_000.ckpt'}" in caplog.text
+
+
+def test_two_runs_started_in_the_same_second_keep_their_own_folders(tmp_path, monkeypatch, capsys):
+    import hydra.core.utils
+
+    import abn.train as train_cli
+
+    from .test_config import FrozenClock
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", FrozenClock)
+    common = ["data.train_size=32", "data.val_size=16", "test=false", "trainer.max_epochs=1", "logger=none",
+              "callbacks.attention_images=null"]
+    for head in ("baseline", "abn"):
+        run_cli(train_cli.main, [f"model.head={head}", *common], tmp_path, monkeypatch, capsys)
+
+    runs = tmp_path / "logs" / "train" / "runs"
+    assert sorted(run.name for run in runs.iterdir()) == ["2026-01-01_12-00-00", "2026-01-01_12-00-00_2"]
+    for run, head in zip(sorted(runs.iterdir()), ("baseline", "abn")):
+        assert OmegaConf.load(run / ".hydra" / "config.yaml").model.head == head
+        checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert checkpoint["hyper_parameters"]["head"] == head

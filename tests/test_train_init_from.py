@@ -4,12 +4,10 @@ from the network weights of a checkpoint of the same model; clear refusals for a
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import abn.train as train_cli
@@ -17,7 +15,7 @@ from abn.checkpoints import load_initial_weights
 from abn.module import ABNModule
 from abn.train import train
 
-from .conftest import TINY_SHAPES, compose_train_config, record_instantiated, run_cli
+from .conftest import TINY_SHAPES, compose_train_config, record_instantiated, run_cli, train_once
 
 # one epoch of two steps
 SHORT = [*TINY_SHAPES, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
@@ -28,16 +26,7 @@ SHORT = [*TINY_SHAPES, "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
 def first_run(tmp_path_factory) -> Path:
     """The run folder of a tiny abn-train run on the shapes, as the CLI leaves it."""
     folder = tmp_path_factory.mktemp("first")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.chdir(folder)
-        monkeypatch.setattr(sys, "argv", ["abn-train", *SHORT])
-        GlobalHydra.instance().clear()
-        try:
-            train_cli.main()
-        finally:
-            GlobalHydra.instance().clear()
-    (run,) = (folder / "logs" / "train" / "runs").iterdir()
-    return run
+    return train_once(folder, SHORT)
 
 
 def runs_of(folder: Path) -> list[Path]:

@@ -12,8 +12,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from abn.visualize import (GridColumn, _text_px, _wrap, colorize, draw_boxes, overlay, render_columns, save_columns,
-                           scale_by_max, tile_size)
+from abn.visualize import (NON_FINITE_RGB, GridColumn, _text_px, _wrap, colorize, draw_boxes, overlay, render_columns,
+                           save_columns, scale_by_max, tile_size)
 
 RED = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
 
@@ -116,6 +116,19 @@ def test_a_constant_map_renders_flat_and_without_nan():
     assert not rendered.isnan().any()
     assert count_colour(rendered, jet(0.5)) >= 2 * 96 * 96  # shown as it is: mid-scale, not stretched to 0 or 1
     assert count_colour(rendered, jet(0.0)) >= 2 * 96 * 96
+
+
+def test_nan_and_inf_in_a_map_are_drawn_in_magenta_not_as_a_value_and_the_caption_says_so():
+    """A diverged network's map must not pass for a flat one (nan was drawn as 0, inf as 1)."""
+    maps = torch.stack([torch.full((8, 8), torch.nan), torch.full((8, 8), -torch.inf), torch.full((8, 8), 0.5)])
+    magenta = torch.tensor(NON_FINITE_RGB)
+    rgb = colorize(maps)
+    assert torch.equal(rgb[0, :, 0, 0], magenta) and torch.equal(rgb[1, :, 0, 0], magenta)
+    rendered = render_columns([GridColumn("map", maps=maps)])
+    assert count_colour(rendered, magenta) == 2 * 96 * 96 and count_colour(rendered, jet(0.5)) >= 96 * 96
+    finite = render_columns([GridColumn("map", maps=maps[2:].expand(3, -1, -1))])
+    assert count_colour(finite, magenta) == 0  # not a colour of the colormap or its bar
+    assert rendered.shape[1] > finite.shape[1]  # a caption line: what magenta means
 
 
 def test_bad_columns_are_refused():

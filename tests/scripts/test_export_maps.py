@@ -6,21 +6,19 @@ from __future__ import annotations
 import csv
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 import abn.explain.run as explain_cli
 import abn.train as train_cli
 from abn.checkpoints import load_network
 from abn.data import FolderDataModule, generate_split
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_once
 from tests.scripts.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,16 +53,7 @@ def base_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("checkout")
     train_command = worked_example()[0]
     assert train_command[0] == "abn-train"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.chdir(folder)
-        monkeypatch.setattr(sys, "argv", [*train_command, *TINY_DATA, *SHORT_RUN])
-        GlobalHydra.instance().clear()
-        try:
-            train_cli.main()
-        finally:
-            GlobalHydra.instance().clear()
-    (run,) = (folder / "logs" / "train" / "runs").iterdir()
-    return run
+    return train_once(folder, [*train_command[1:], *TINY_DATA, *SHORT_RUN])
 
 
 def export(base_run: Path, out: Path, *extra: str) -> dict:

@@ -1,0 +1,37 @@
+"""The attention-image callback: a figure per validation epoch, none (with a warning) for a diverged network."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from abn.callbacks import AttentionImageLogger
+from abn.module import ABNModule
+
+
+def test_a_network_with_nan_outputs_gets_a_warning_instead_of_figures(tmp_path, monkeypatch, caplog):
+    images = torch.rand(4, 3, 32, 32)
+    datamodule = SimpleNamespace(val_dataloader=lambda: DataLoader(TensorDataset(images, torch.zeros(4).long()),
+                                                                   batch_size=2))
+    logger = TensorBoardLogger(tmp_path)
+    logged = []
+    monkeypatch.setattr(logger.experiment, "add_image", lambda tag, *args, **kwargs: logged.append(tag))
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=0, max_epochs=1, global_step=1,
+                              loggers=[logger], datamodule=datamodule)
+    module = ABNModule(head="abn", num_classes=3).eval()
+    callback = AttentionImageLogger(num_images=4)
+
+    callback.on_validation_epoch_end(trainer, module)
+    assert logged == ["val/attention"]
+
+    with torch.no_grad():
+        module.net.features.conv1.weight.fill_(torch.nan)  # as after a run diverged
+    with caplog.at_level(logging.WARNING, logger="abn"):
+        callback.on_validation_epoch_end(trainer, module)
+    assert logged == ["val/attention"]  # nothing more
+    assert "no figures for epoch 0: the network's outputs are nan or inf for 4 of its 4 fixed validation images" in \
+        caplog.text
