@@ -82,17 +82,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(local, lambda file: torch.save(checkpoint, file))
 
 
+def _newest_last(names: set[str]) -> list[Path]:
+    """The files among ``names`` that are on disk, oldest first; at the same moment ``last.ckpt`` (the name users
+    know) comes last."""
+    files = {Path(name) for name in names if name and Path(name).is_file()}
+    return sorted(files, key=lambda file: (file.stat().st_mtime_ns, file.name == "last.ckpt"))
+
+
+def written_checkpoints(trainer: Trainer) -> list[Path]:
+    """Every checkpoint file the trainer's checkpoint callbacks wrote that is on disk, the newest last."""
+    named: set[str] = set()
+    for callback in trainer.checkpoint_callbacks:
+        named.update([getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""),
+                      *getattr(callback, "best_k_models", {})])
+    return _newest_last(named)
+
+
 def latest_checkpoint(trainer: Trainer) -> str:
     """The newest checkpoint file the trainer's checkpoint callbacks keep up to date (``last.ckpt`` with the default
     callbacks), or ``""``. Not ``trainer.checkpoint_callback``: that is the best-on-``val/acc`` one, whose file can be
     many epochs old."""
-    written = []
+    named: set[str] = set()
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):
-            written.append(callback.last_model_path)
+            named.add(callback.last_model_path)
             if callback.monitor is None:  # keeps the latest epoch (or step)
-                written.append(callback.best_model_path)
-    files = {Path(path) for path in written if path and Path(path).is_file()}
-    # the same moment: last.ckpt is the name users know
-    newest = max(files, key=lambda file: (file.stat().st_mtime_ns, file.name == "last.ckpt"), default=None)
-    return str(newest) if newest else ""
+                named.add(callback.best_model_path)
+    newest = _newest_last(named)
+    return str(newest[-1]) if newest else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import lightning as L
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
+from .checkpoint_io import written_checkpoints
 from .models import ABNOutput, create_model
 from .models.network import resolve_attention_mode
 from .supervision import check_supervision, supervision_loss, target_masks
@@ -450,16 +450,6 @@ def describe_non_finite_losses(per_rank: Tensor) -> str:
     rank = int(per_rank[:, -1].nonzero()[0, 0]) if per_rank[:, -1].any() else 0
     where = f" on process {rank} of {len(per_rank)}" if several else ""
     return f"the weighted sum of the losses (train/loss) overflowed to inf{where} although each term was finite"
-
-
-def written_checkpoints(trainer: L.Trainer) -> list[Path]:
-    """The checkpoint files the trainer's checkpoint callbacks wrote that are on disk, the newest last."""
-    named = set()
-    for callback in trainer.checkpoint_callbacks:
-        named.update([getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""),
-                      *getattr(callback, "best_k_models", {})])
-    files = {Path(name) for name in named if name and Path(name).is_file()}
-    return sorted(files, key=lambda file: (file.stat().st_mtime_ns, file.name == "last.ckpt"))
 
 
 def supervision_settings(settings: Optional[dict], head: str) -> dict[str, Any]:
