@@ -57,6 +57,8 @@ class AttentionImageLogger(L.Callback):
         if self._batch is None:
             images, boxes = [], []
             for batch in trainer.datamodule.val_dataloader():
+                if len(batch) == 0:  # no image of it could be read
+                    continue
                 images.append(batch[0])
                 boxes.append(batch[2] if len(batch) > 2 else None)
                 if sum(len(x) for x in images) >= self.num_images:

@@ -15,6 +15,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from .checkpoint_io import written_checkpoints
+from .data.resumable import derived_seed, run_seed
 from .models import ABNOutput, create_model
 from .models.network import resolve_attention_mode
 from .supervision import check_supervision, supervision_loss, target_masks
@@ -207,6 +208,13 @@ class ABNModule(L.LightningModule):
         if self.hparams.get("freeze_features"):
             self.net.features.eval()
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed the step's own randomness (dropout) from (run seed, epoch, batch): a resumed run draws what the
+        interrupted one would have at this step (see abn.data.resumable)."""
+        seed = run_seed()
+        if seed is not None:
+            torch.manual_seed(derived_seed(seed, self.current_epoch, batch_idx))
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.attention_supervision["loss"] is not None:
             check_data_supervises(self.trainer.datamodule)
@@ -301,10 +309,19 @@ class ABNModule(L.LightningModule):
         for name, metric in metrics.items():
             log(name, metric, prog_bar=name in shown)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[Tensor]:
+        if len(batch) == 0:  # every image of the batch was unreadable (skipped, counted in the data module's warning)
+            return self._skip_empty_batch(batch_idx)
         loss, terms = self._losses(batch, "train")
         self._stop_if_diverged(loss, terms, batch_idx)
         return loss
+
+    def _skip_empty_batch(self, batch_idx: int) -> Optional[Tensor]:
+        """No update from a batch without images. One process skips the step (None); the processes of a DDP run
+        must all take part in each step's exchanges, so there this one contributes a zero gradient."""
+        zero = sum(parameter.sum() * 0 for parameter in self.parameters() if parameter.requires_grad)
+        self._stop_if_diverged(zero, {}, batch_idx)  # its all-reduce, as on the other ranks
+        return None if self.trainer.world_size == 1 else zero
 
     def _stop_if_diverged(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
         """Raise :class:`TrainingDiverged` before the update of a step whose loss is nan or inf, on every process.
@@ -356,10 +373,12 @@ class ABNModule(L.LightningModule):
         return f"{kept}\n{again}."
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        if len(batch):  # empty: no image of the batch could be read
+            self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
+        if len(batch):
+            self._step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_attribute_accuracies("val")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -145,6 +146,10 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
 
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg.ckpt_path, model, training=cfg.get("train", True))
+        if cfg.get("seed") is not None and trainer.world_size == 1:
+            # the training loader continues a resumed epoch after the batches already trained (abn.data.resumable),
+            # which Lightning cannot see
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     elif cfg.get("init_from"):
         load_initial_weights(str(cfg.init_from), model, getattr(datamodule, "classes", ()))
         log.info("Starting a new run from the weights of %s (a fresh optimizer and schedule, epoch 0)", cfg.init_from)

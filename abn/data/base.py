@@ -6,6 +6,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 import numpy as np
 import torch
 from torch import Tensor
@@ -14,6 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .images import image_file_sets, skip_unreadable_collate
+from .resumable import EpochShuffle, Position, SeededSamples, run_seed
 
 # The statistics torchvision's ImageNet weights were trained with: the data sets read by ImageNet-pretrained
 # backbones (ImageNet, CompCars, CelebA, folders of photos) normalise with them.
@@ -69,6 +71,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.resume_position: Optional[Position] = None  # from the checkpoint of a resumed run, until taken
 
     @property
     def input_size(self) -> InputSize:
@@ -119,10 +122,15 @@ class ClassificationDataModule(L.LightningDataModule):
         self.classes, self.num_classes = list(classes), len(classes)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: which output index is which class."""
-        return {"classes": list(self.classes), "task": self.task}
+        """Saved in every checkpoint: which output index is which class, and during a fit where training stands
+        (``training_position``), so that a resumed run's loader continues there."""
+        state = {"classes": list(self.classes), "task": self.task}
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            state["position"] = list(self.training_position())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resume_position = saved_position(state.get("position"))
         saved = list(state.get("classes") or [])
         if saved and self.classes and saved != list(self.classes):
             changed = [f"{i}: {a!r} → {b!r}" for i, (a, b) in enumerate(zip(saved, self.classes)) if a != b][:3]
@@ -151,19 +159,40 @@ class ClassificationDataModule(L.LightningDataModule):
                           "replace or delete them, or set data.strict=true to stop at the first one", stacklevel=2)
         return found
 
+    def training_position(self) -> Position:
+        """Where the fit stands, for a checkpoint's training loader state: (the epoch it runs next, the batches of
+        that epoch already trained); an epoch whose batches are all done counts as over."""
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return trainer.current_epoch + 1, 0
+        return trainer.current_epoch, done
+
+    def take_resume_position(self) -> Optional[Position]:
+        """The position a resumed run continues from, once (the first pass of its training loader), then None."""
+        position, self.resume_position = self.resume_position, None
+        return position
+
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        """The loader of a split; with a run seed the training split's (``shuffle``) order and augmentation depend
+        only on the seed, epoch and position, so a resumed run reads what the interrupted one would have read
+        (see :mod:`abn.data.resumable`)."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
-        return DataLoader(
-            dataset,
+        options = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to pin for
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > self.batch_size,
             collate_fn=skip_unreadable_collate,
         )
+        seed = run_seed()
+        if not shuffle or seed is None:
+            return DataLoader(dataset, shuffle=shuffle, **options)
+        seeded = SeededSamples(dataset)
+        return DataLoader(seeded, sampler=EpochShuffle(seeded, seed, self.batch_size, self.take_resume_position),
+                          **options)
 
     def supervised_training_set(self) -> Optional[Dataset]:
         """``train_set`` as the training loader reads it: with the ground truth of only ``supervised_fraction`` of
@@ -190,6 +219,16 @@ def hold_out(train_view: Dataset, eval_view: Dataset, val_size: int, seed: int) 
         raise ValueError(f"val_size={val_size} must be between 1 and {total - 1} (the training split has {total} images)")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(train_view, order[val_size:]), Subset(eval_view, order[:val_size])
+
+
+def saved_position(saved: Any) -> Optional[Position]:
+    """A checkpoint's training position (epoch to run next, its batches done), checked; None where it has none."""
+    if saved is None:
+        return None
+    if (not isinstance(saved, (list, tuple)) or len(saved) != 2 or not all(isinstance(v, int) and v >= 0 for v in saved)):
+        raise ValueError(f"the checkpoint's data position {saved!r} is not [epoch, batches done] (two integers ≥ 0); "
+                         "resume from a checkpoint written by abn-train")
+    return int(saved[0]), int(saved[1])
 
 
 def check_supervised_fraction(fraction: float) -> float:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision import datasets
+
+from .resumable import Position
 
 
 class DeviceBatches:
@@ -49,6 +51,7 @@ class DeviceBatches:
         world_size: int = 1,
         out_chans: Optional[int] = None,
         device: torch.device | str = "cpu",
+        resume: Optional[Callable[[], Optional[Position]]] = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 N×C×H×W tensor, got {images.dtype} of shape "
@@ -77,6 +80,8 @@ class DeviceBatches:
         self.padding, self.hflip, self.seed = padding, hflip, seed
         self.rank, self.world_size, self.out_chans = rank, world_size, out_chans
         self.epoch = 0
+        # training: asked at the start of each pass for the (epoch, batches done) a resumed run continues from
+        self.resume = resume
 
     # Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of every epoch: we are our own sampler.
     # A loader with a ``sampler`` must also have a ``batch_sampler`` for Lightning; none here.
@@ -99,10 +104,14 @@ class DeviceBatches:
         return math.ceil(self.shard_size() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        position = self.resume() if self.resume is not None else None
+        start = 0
+        if position is not None:
+            self.epoch, start = position
         order, offsets, flips = self.epoch_plan(self.epoch)
         self.epoch += 1  # looping again without set_epoch (outside Lightning) also reshuffles
         augment = self.padding > 0 or self.hflip
-        for batch in range(len(self)):
+        for batch in range(start, len(self)):
             part = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             images = self.images[order[part]]
             if augment:
@@ -209,5 +218,5 @@ class OnDeviceLoaders:
             seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)),
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
-            out_chans=self.in_chans, device=device,
+            out_chans=self.in_chans, device=device, resume=self.take_resume_position if train else None,
         )

@@ -98,14 +98,11 @@ class ImageFiles(Dataset):
 
 
 def skip_unreadable_collate(samples: list[Any]) -> Any:
-    """``default_collate`` without the ``None`` entries that stand for unreadable images."""
+    """``default_collate`` without the ``None`` entries that stand for unreadable images; an empty list when no
+    image of the batch could be read, which the module's steps skip (not None, which Lightning skips before the
+    step: under DDP the other ranks would wait for this one in the step's exchanges)."""
     kept = [sample for sample in samples if sample is not None]
-    if not kept:
-        raise UnreadableImageError(
-            f"none of the {len(samples)} images of a batch could be read (see the warnings above); check the data "
-            "files, or use data.strict=true to stop at the first bad one"
-        )
-    return default_collate(kept)
+    return default_collate(kept) if kept else []
 
 
 def image_file_sets(dataset: Optional[Dataset]) -> list[ImageFiles]:

@@ -263,3 +263,16 @@ def test_fast_dev_run_through_hydra_on_device(tmp_path, fashion_mnist_system_cop
         GlobalHydra.instance().clear()
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert (True, 2, True) in iterated and (False, 0, False) in iterated  # training, then validation and test
+
+
+def test_a_resumed_pass_continues_the_epoch_after_the_batches_done():
+    whole_epoch_1 = numbered_batches(padding=2, hflip=True, shuffle=True, seed=5)
+    _set_sampler_epoch(whole_epoch_1, 1)
+    images, labels = everything(whole_epoch_1)
+    positions = iter([(1, 2), None])  # a checkpoint written after 2 batches of epoch 1, then plain epochs
+    resumed = numbered_batches(padding=2, hflip=True, shuffle=True, seed=5)
+    resumed.resume = lambda: next(positions)
+    rest_images, rest_labels = everything(resumed)
+    batch = resumed.batch_size
+    assert torch.equal(rest_labels, labels[2 * batch:]) and torch.equal(rest_images, images[2 * batch:])
+    assert resumed.epoch == 2 and everything(resumed)[1].tolist() != rest_labels.tolist()  # then epoch 2, whole

@@ -147,6 +147,25 @@ def test_abn_train_takes_the_class_count_from_the_folders(tmp_path: Path, monkey
     assert model.hparams.num_classes == 3 and "test/acc" in metrics
 
 
+def test_an_unreadable_image_alone_in_its_batch_is_skipped_and_training_goes_on(tmp_path: Path):
+    images = tmp_path / "images"
+    write_class_folders(images, {"a": 4, "b": 4}, size=(32, 32))
+    broken = sorted((images / "a").iterdir())[0]
+    broken.write_bytes(b"broken")
+    cfg = compose_train_config(tmp_path, [
+        "data=folder", f"data.root={images}", "data.image_size=32", "data.resize_only=true", "data.val_size=0",
+        "data.test_size=2", "data.num_workers=0", "data.batch_size=1", "model.arch=resnet20", "trainer=cpu",
+        "trainer.max_epochs=2", "logger=none", "callbacks.attention_images=null",
+    ])
+    with pytest.warns(UserWarning, match=r"1 unreadable image\(s\) were skipped \(1 in train; first: .*" + broken.name):
+        metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    # 6 training images a batch each, 2 epochs: the broken one's 2 steps make no update
+    # 2 epochs of 6 training images, a batch each (the broken one's steps make no update, Lightning counts them)
+    assert saved["epoch"] == 1 and saved["global_step"] == 12 and 0 <= metrics["test/acc"] <= 1
+
+
 def test_checkpoint_keeps_the_class_names_and_resuming_on_other_classes_is_refused(tmp_path: Path):
     images = tmp_path / "images"
     write_class_folders(images, {"ant": 4, "bee": 4}, size=(32, 32))
@@ -306,7 +325,7 @@ def test_a_share_of_masks_on_held_out_class_folders_with_an_unreadable_image(tmp
     (images / "a" / "3.jpg").write_bytes(b"broken")  # skipped, as without masks
     dm = module(images, mask_dir=str(masks), val_size=2, test_size=2, supervised_fraction=0.5)
     dm.setup()
-    partial = dm.train_dataloader().dataset
+    partial = dm.supervised_training_set()  # what the training loader reads
     assert len(partial) == 12 and int(partial.supervised.sum()) == 6
     with pytest.warns(UserWarning, match="skipping cannot read image"):
         samples = [partial[i] for i in range(len(partial))]

@@ -68,8 +68,8 @@ def test_integer_boxes_become_float_so_kept_and_emptied_ones_batch_together():
 def test_shapes_training_loader_keeps_the_same_share_in_every_epoch():
     module = ShapesDataModule(train_size=40, val_size=8, test_size=8, batch_size=8, seed=5, supervised_fraction=0.25)
     module.setup()
-    chosen = supervised_indices(module.train_dataloader().dataset)
-    assert len(chosen) == 10 and supervised_indices(module.train_dataloader().dataset) == chosen
+    chosen = supervised_indices(module.supervised_training_set())
+    assert len(chosen) == 10 and supervised_indices(module.supervised_training_set()) == chosen
     for epoch in range(2):
         _, _, boxes = zip(*module.train_dataloader())
         boxes = torch.cat(boxes)
@@ -79,13 +79,13 @@ def test_shapes_training_loader_keeps_the_same_share_in_every_epoch():
         assert all(batch[2].isfinite().all() for batch in loader)
     again = ShapesDataModule(train_size=40, val_size=8, test_size=8, batch_size=8, seed=5, supervised_fraction=0.25)
     again.setup()
-    assert supervised_indices(again.train_dataloader().dataset) == chosen
+    assert supervised_indices(again.supervised_training_set()) == chosen
 
 
 def test_all_boxes_are_kept_by_default():
     module = ShapesDataModule(train_size=16, val_size=8, test_size=8, batch_size=8)
     module.setup()
-    assert module.train_dataloader().dataset is module.train_set
+    assert module.supervised_training_set() is module.train_set
     assert all(batch[2].isfinite().all() for batch in module.train_dataloader())
 
 

@@ -1,0 +1,89 @@
+"""Training batches that a resumed run reads exactly as the interrupted run would have read them.
+
+A run resumed from a checkpoint must see the same images, in the same order, with the same random crops and flips
+as the run that was stopped, or its final weights differ. Saving the random generators' states is not enough:
+worker processes keep their own generators (and persistent workers carry them across epochs), and Lightning
+fetches a batch ahead of the step it trains. So nothing random depends on what ran before; it is derived:
+
+- the order of an epoch from (run seed, epoch) (:class:`EpochShuffle`);
+- each image's augmentation from a seed drawn with that order, one per position (:class:`SeededSamples` seeds
+  torch's generator with it while the image is loaded, in whichever process loads it);
+- the training step's own randomness (dropout) from (run seed, epoch, batch): ``ABNModule.on_train_batch_start``.
+
+The checkpoint holds only where the run stands: the epoch to run next and the batches of it already trained (the
+data module's ``state_dict``). A run resumed mid-epoch starts the sampler after those batches without loading
+them. Nothing depends on ``data.num_workers``. Under DDP Lightning puts its ``DistributedSampler`` in place of
+:class:`EpochShuffle` (its order also depends only on the seed and the epoch): there a run resumed mid-epoch reads
+its epoch from the start.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, RandomSampler
+
+# where a run stands: (the epoch it runs next, the batches of that epoch already trained)
+Position = tuple[int, int]
+
+
+def run_seed() -> Optional[int]:
+    """The run's ``seed=`` as Lightning's ``seed_everything`` passed it on to every process, or None (no seed)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else None
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed for torch (63 bits) made from integers such as (run seed, epoch, batch): every tuple its own stream."""
+    return int(np.random.SeedSequence([part % 2**64 for part in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochShuffle(RandomSampler):
+    """A new order every epoch, the same in every run with this ``seed``: it depends only on (seed, epoch).
+
+    Yields ``(index, image seed)`` pairs for :class:`SeededSamples`. ``set_epoch`` (Lightning calls it at every
+    epoch start) chooses the epoch. ``resume`` is asked at the start of each pass for a position (epoch, batches
+    done) to continue from: the first pass of a resumed run leaves out the batches already trained. A
+    ``RandomSampler``, so that Lightning swaps in its ``DistributedSampler`` under DDP."""
+
+    def __init__(self, data_source: Dataset, seed: int, batch_size: int,
+                 resume: Optional[Callable[[], Optional[Position]]] = None):
+        super().__init__(data_source)
+        self.seed, self.batch_size, self.resume, self.epoch = seed, batch_size, resume, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position = self.resume() if self.resume is not None else None
+        skip = 0
+        if position is not None:
+            self.epoch, skip = position[0], position[1] * self.batch_size
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        count = len(self.data_source)
+        order = torch.randperm(count, generator=generator).tolist()
+        image_seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
+        return iter(list(zip(order, image_seeds))[skip:])
+
+
+class SeededSamples(Dataset):
+    """``dataset`` read with ``(index, image seed)`` keys: torch's random generator is seeded with the image seed
+    while the image is loaded and augmented, and restored after. A plain index (e.g. from DDP's sampler) reads the
+    image with the generator as it is."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, image_seed = key
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only: augmentation runs on the CPU
+            torch.default_generator.manual_seed(image_seed)
+            return self.dataset[index]
