@@ -186,6 +186,7 @@ def load_initial_weights(path: str, model: L.LightningModule, classes: Sequence[
     if not saved or "arch" not in saved or not isinstance(state, dict):
         raise ValueError(f"init_from={path} holds no abn model settings (hyper_parameters with arch, head, "
                          f"num_classes) or no weights; {INIT_FIX}")
+    refuse_non_finite(state, path, "init_from", "Start from")
     different = identity_differences(saved, model)
     if different:
         details = ", ".join(f"{key}: checkpoint {old!r} vs config {new!r}" for key, (old, new) in different.items())
@@ -218,6 +219,19 @@ def non_finite_tensors(state: dict[str, Any]) -> list[str]:
             if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
+def refuse_non_finite(state: dict[str, Any], path: str, key: str, use: str) -> None:
+    """A ValueError when weights of a checkpoint are nan or inf (a diverged training: nothing made from them means
+    anything); the message names the run's other checkpoints. ``use``: what the user does with it (a verb)."""
+    broken = non_finite_tensors(state)
+    if broken:
+        others = sorted(p.name for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name)
+        earlier = f" ({', '.join(others)} in {Path(path).parent})" if others else ""
+        raise ValueError(f"{key}={path} holds weights that are not finite (NaN or infinity in {len(broken)} of "
+                         f"{len(state)} tensors, the first {broken[0]}): the training that wrote it diverged. {use} "
+                         f"an earlier checkpoint of the run{earlier} whose weights are still finite, or train again "
+                         "with a lower learning rate (model.optimizer.lr)")
+
+
 def load_network(path: str, device: torch.device) -> nn.Module:
     """The network of an ``abn-train`` checkpoint, in eval mode on ``device``; a clear error for anything else,
     including weights that are not finite (a diverged training: every map and score of it would be meaningless)."""
@@ -226,14 +240,7 @@ def load_network(path: str, device: torch.device) -> nn.Module:
     if not hparams or "arch" not in hparams or not isinstance(saved.get("state_dict"), dict):
         raise ValueError(f"ckpt_path={path} holds no abn model settings (hyper_parameters with arch, head, num_classes) "
                          "or no weights; explain a checkpoint written by abn-train")
-    broken = non_finite_tensors(saved["state_dict"])
-    if broken:
-        others = sorted(p.name for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name)
-        earlier = f" ({', '.join(others)} in {Path(path).parent})" if others else ""
-        raise ValueError(f"ckpt_path={path} holds weights that are not finite (NaN or infinity in {len(broken)} of "
-                         f"{len(saved['state_dict'])} tensors, the first {broken[0]}): the training that wrote it "
-                         f"diverged. Explain an earlier checkpoint of the run{earlier} whose weights are still finite, "
-                         "or train again with a lower learning rate (model.optimizer.lr)")
+    refuse_non_finite(saved["state_dict"], path, "ckpt_path", "Explain")
     try:
         module = ABNModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     except Exception as error:

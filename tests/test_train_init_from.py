@@ -127,3 +127,17 @@ def test_classes_of_the_checkpoint_in_another_order_are_refused(first_run):
     load_initial_weights(last, model, [f"{i}_{name}" for i, name in enumerate(classes)])  # other names: new data
     with pytest.raises(ValueError, match="each output would learn another class.*0_circle, 1_square"):
         load_initial_weights(last, model, sorted(classes))
+
+
+def test_a_diverged_checkpoint_is_refused_as_a_start(first_run, tmp_path, monkeypatch, capsys):
+    """Weights with an infinity would train nothing but nan: refused before a run folder is made."""
+    saved = torch.load(first_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    first = next(key for key, value in saved["state_dict"].items() if value.is_floating_point())
+    saved["state_dict"][first].view(-1)[-1] = float("inf")
+    diverged = tmp_path / "diverged.ckpt"
+    torch.save(saved, diverged)
+    code, _, error = run_cli(train_cli.main, [*SHORT, f"init_from={diverged}"], tmp_path, monkeypatch, capsys,
+                             expect_success=False)
+    assert code == 1 and "Traceback" not in error
+    assert f"init_from={diverged} holds weights that are not finite" in error and f"the first {first}" in error
+    assert "Start from an earlier checkpoint" in error and runs_of(tmp_path) == []
