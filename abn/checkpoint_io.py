@@ -108,5 +108,8 @@ def latest_checkpoint(trainer: Trainer) -> str:
             named.add(callback.last_model_path)
             if callback.monitor is None:  # keeps the latest epoch (or step)
                 named.add(callback.best_model_path)
+                if callback.dirpath and callback.filename and "{" not in callback.filename:
+                    # its fixed name: after a ddp_spawn run the paths the processes wrote are not sent back
+                    named.add(os.path.join(callback.dirpath, callback.filename + callback.FILE_EXTENSION))
     newest = _newest_last(named)
     return str(newest[-1]) if newest else ""

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from hydra.errors import CompactHydraException, InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from torch.multiprocessing.spawn import ProcessRaisedException
 
 log = logging.getLogger("abn")
 
@@ -24,10 +26,34 @@ class UserError(CompactHydraException):
 
 
 def user_error_of(error: BaseException) -> BaseException | None:
-    """The user error behind ``error`` (Hydra's ``instantiate`` wraps what a constructor raised), or None."""
+    """The user error behind ``error`` (Hydra's ``instantiate`` wraps what a constructor raised, a ``ddp_spawn``
+    run's processes hand theirs over as text), or None."""
     if isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    if isinstance(error, ProcessRaisedException):
+        return error_raised_in_process(error)
     return error if isinstance(error, USER_ERRORS) else None
+
+
+def error_raised_in_process(error: ProcessRaisedException) -> BaseException | None:
+    """The exception that ended a process of a ``ddp_spawn`` run (e.g. ``TrainingDiverged``), rebuilt from the
+    traceback text, which is all that torch passes to the main process; None unless it is one of the
+    ``USER_ERRORS`` of a module already imported here."""
+    last_traceback = str(error).rpartition("Traceback (most recent call last):\n")[2]
+    lines = last_traceback.splitlines()
+    # the frames are indented; the exception follows them as "module.Class: message", the message maybe several lines
+    start = next((index for index, line in enumerate(lines) if line and not line[0].isspace()), None)
+    if start is None:
+        return None
+    name, _, first_line = lines[start].partition(": ")
+    module_name, _, class_name = name.rpartition(".")
+    kind = getattr(sys.modules.get(module_name or "builtins"), class_name, None)
+    if not (isinstance(kind, type) and issubclass(kind, USER_ERRORS)):
+        return None
+    try:
+        return kind("\n".join([first_line, *lines[start + 1:]]).rstrip())
+    except Exception:  # a class that is not built from its message alone
+        return None
 
 
 def route_library_logs_to_run_log() -> None:

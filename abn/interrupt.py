@@ -2,7 +2,9 @@
 ``#SBATCH --signal`` sends), ``abn-train`` saves the training state to ``last.ckpt`` at the end of the batch under
 way, prints what it saved and how to resume, and exits with 128 + the signal's number, never with success.
 
-Where Lightning's SLURM auto-requeue is on, SIGUSR1 is left to it (it saves and requeues the job itself).
+Where Lightning's SLURM auto-requeue is on, SIGUSR1 is left to it (it saves and requeues the job itself). In a job of
+``hydra/launcher=slurm`` (submitit), submitit's signal (SIGUSR2 before the time limit) is handled too and, once
+``last.ckpt`` is saved, handed on to submitit, which requeues the job (see :mod:`abn.slurm`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from .slurm import requeue_signal, submitit_job
+
 log = logging.getLogger("abn")
 
 
@@ -33,6 +37,9 @@ def signals_to_handle(trainer: Optional[L.Trainer] = None) -> list[signal.Signal
     slurm_requeues = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
     if hasattr(signal, "SIGUSR1") and not slurm_requeues:
         handled.append(signal.SIGUSR1)
+    submitit_requeues = requeue_signal()
+    if submitit_requeues is not None and submitit_requeues not in handled:
+        handled.append(submitit_requeues)
     return handled
 
 
@@ -52,6 +59,7 @@ class StopOnSignal(Callback):
 
     def __init__(self) -> None:
         self.received: Optional[signal.Signals] = None
+        self._earlier: dict[signal.Signals, Any] = {}  # the handlers that were there before ours
 
     @contextmanager
     def listening(self, trainer: L.Trainer) -> Iterator[None]:
@@ -59,7 +67,7 @@ class StopOnSignal(Callback):
         if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
             yield
             return
-        earlier = {number: signal.getsignal(number) for number in signals_to_handle(trainer)}
+        earlier = self._earlier = {number: signal.getsignal(number) for number in signals_to_handle(trainer)}
         for number in earlier:
             signal.signal(number, self._note)
         try:
@@ -78,17 +86,24 @@ class StopOnSignal(Callback):
             self.received = signal.Signals(number)
             log.warning("Received %s: stopping at the end of this batch", self.received.name)
 
-    def _stop_requested(self, trainer: L.Trainer) -> bool:
+    def _stop_requested(self, trainer: L.Trainer, agreed: Optional[bool] = None) -> bool:
+        """Whether any process got a signal; ``agreed``: the processes' answer already exchanged in the step."""
         received = self.received is not None
         if trainer.world_size > 1:
-            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+            received = agreed if agreed is not None else trainer.strategy.reduce_boolean_decision(received, all=False)
             if received and self.received is None:
                 self.received = signal.SIGTERM  # another rank got it
         return received
 
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        """An ABNModule's training step asks the processes of a DDP run in its one exchange (ABNModule.stop_wanted,
+        stop_agreed): the batch end then needs no exchange of its own."""
+        if hasattr(module, "stop_agreed"):
+            module.stop_wanted, module.stop_agreed = self.received is not None, None
+
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._stop_requested(trainer):
+        if self._stop_requested(trainer, getattr(module, "stop_agreed", None)):
             self._stop(trainer, save=True, inside_epoch=batch_idx + 1 < trainer.num_training_batches)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -108,15 +123,28 @@ class StopOnSignal(Callback):
             lines += [f"  saved the training state: {checkpoint}",
                       f"  resume it with:           abn-train ckpt_path={checkpoint}"]
             if inside_epoch:
-                lines.append("  (stopped inside an epoch: the resumed run trains the rest of it on a new order of the "
-                             "training images)")
+                lines.append("  (stopped inside an epoch: the resumed run trains the rest of it, after the batches "
+                             "already trained)")
         else:
             lines += ["  training had finished; the test was cut short",
                       f"  test it again with:       abn-train ckpt_path={checkpoint} train=false"]
         lines += sweep_note()
         if trainer.is_global_zero:
             log.error("\n".join(lines))
+        self._hand_on_to_submitit(checkpoint)
         raise Interrupted(128 + int(self.received or signal.SIGTERM))
+
+    def _hand_on_to_submitit(self, checkpoint: Path) -> None:
+        """In a submitit job, submitit's signal goes on to submitit's handler once the checkpoint is saved: it requeues
+        the job (and exits), or raises why not (too many time-outs), which fails the job with that message."""
+        handler = self._earlier.get(self.received)
+        if self.received is None or self.received != requeue_signal() or not callable(handler):
+            return
+        try:
+            handler(int(self.received), None)
+        except SystemExit:  # submitit has requeued the job
+            log.warning("Requeued: SLURM starts this job again in the same folder, where it continues from %s",
+                        checkpoint)
 
 
 def checkpoint_folder(trainer: L.Trainer) -> Path:
@@ -130,8 +158,8 @@ def sweep_note() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return []
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or submitit_job():
+        return []  # a SLURM sweep's jobs run on their own
     number = HydraConfig.get().job.num
     total = sweep_size(sys.argv[1:])
     after = f"jobs {number + 1} to {total - 1}" if total > number + 2 else f"job {number + 1}" if total == number + 2 \

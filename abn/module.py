@@ -51,7 +51,9 @@ class ABNModule(L.LightningModule):
 
     The network is ``create_model(arch, head, num_classes, in_chans, pretrained, split=..., branch_depth=...,
     **model_kwargs)``. ``channels_last`` stores weights and inputs in NHWC (faster convolutions on GPUs with tensor
-    cores); ``compile`` compiles the network in place with ``nn.Module.compile`` (checkpoint keys are unchanged).
+    cores); ``"auto"`` starts in NCHW until ``abn-train`` has measured which is faster (:mod:`abn.speed`) and calls
+    :meth:`set_channels_last`; ``compile`` compiles the network in place with ``nn.Module.compile`` (checkpoint
+    keys are unchanged).
     Mixed precision is the trainer's job: ``trainer.precision=bf16-mixed``.
 
     A training loss that becomes nan or inf stops the run before that step's update, and no checkpoint with nan or
@@ -79,7 +81,7 @@ class ABNModule(L.LightningModule):
         split: Optional[str] = None,
         branch_depth: Union[str, int] = "full",
         model_kwargs: Optional[dict] = None,
-        channels_last: bool = False,
+        channels_last: Union[bool, str] = False,
         compile: bool = False,
         top5: bool = False,
         task: str = "multiclass",
@@ -135,15 +137,16 @@ class ABNModule(L.LightningModule):
             **({"task_chunk": task_chunk, "map_pooling": map_pooling, "map_activation": map_activation,
                 "task_head": task_head} if head == "multitask" else {}),
         )
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        self.set_channels_last(channels_last is True)
         if freeze_features:
             self.net.features.requires_grad_(False)
         if compile:
             self.net.compile()
         self.optimizer_factory = optimizer
         self.derived_run_length: Optional[tuple[str, int]] = None  # (scheduler argument, value) filled from the run
+        # a stop asked for on this process, and whether one was on any process (None: not asked since it was reset)
+        self.stop_wanted: bool = False
+        self.stop_agreed: Optional[bool] = None
         self.scheduler_factory = scheduler
         self.has_branch = head in ("abn", "multitask")
         if top5 and num_classes <= 5:
@@ -208,6 +211,12 @@ class ABNModule(L.LightningModule):
         if self.hparams.get("freeze_features"):
             self.net.features.eval()
 
+    def set_channels_last(self, enabled: bool) -> None:
+        """Weights and input batches in NHWC (True) or NCHW; recorded as the ``channels_last`` setting."""
+        self.hparams.channels_last = enabled
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed the step's own randomness (dropout) from (run seed, epoch, batch): a resumed run draws what the
         interrupted one would have at this step (see abn.data.resumable)."""
@@ -260,7 +269,10 @@ class ABNModule(L.LightningModule):
         terms = {"perception": loss_per}
         loss = self.hparams.perception_loss_weight * loss_per
         on_step = stage == "train"
-        log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        # validation and test losses averaged over the images of all DDP processes (once, at the epoch's end); the
+        # accuracies are torchmetrics, synced by themselves; train/loss* stay each process's own (no exchange per step)
+        log = functools.partial(self.log, on_step=on_step, on_epoch=True, batch_size=len(labels),
+                                sync_dist=stage != "train")
         log(f"{stage}/loss_per", loss_per)
         self._update_and_log(self.metrics[f"{stage}_perception"], out.logits, labels, log, shown=[f"{stage}/acc"])
         if f"{stage}_attributes" in self.metrics:
@@ -327,10 +339,15 @@ class ABNModule(L.LightningModule):
         """Raise :class:`TrainingDiverged` before the update of a step whose loss is nan or inf, on every process.
 
         One value read back from the device per step (the progress bar reads the loss anyway). The processes of a
-        DDP run agree first (one boolean all-reduce), so a nan on one rank stops them all at this step, each with
-        the same message, instead of leaving the others waiting in the gradient all-reduce."""
-        finite = bool(torch.isfinite(loss.detach()))
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        DDP run agree first, so a nan on one rank stops them all at this step, each with the same message, instead
+        of leaving the others waiting in the gradient all-reduce. That exchange (one all-reduce of two counts) also
+        carries the question of :class:`abn.interrupt.StopOnSignal`, whether any process was asked to stop
+        (``stop_wanted``); the answer is left in ``stop_agreed``, so the step needs no second exchange."""
+        non_finite = (~torch.isfinite(loss.detach())).to(torch.int64)
+        counts = torch.stack([non_finite, torch.full_like(non_finite, int(self.stop_wanted))])
+        diverged, wanting_stop = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # summed over ranks
+        self.stop_agreed = wanting_stop > 0
+        if not diverged:
             return
         codes = torch.stack([non_finite_code(terms[name]) if name in terms else torch.tensor(0, device=loss.device)
                              for name in LOSS_TERMS] + [non_finite_code(loss)])

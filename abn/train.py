@@ -18,8 +18,9 @@ from typing import Any, Optional
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
@@ -30,8 +31,11 @@ from .checkpoints import check_resume_checkpoint, load_initial_weights
 from .cli import reported_errors, route_library_logs_to_run_log
 from .config import config_dir
 from .data.facts import DataFacts, adopt_data_facts
+from .hparams_search import search_command_problem, search_trial
 from .interrupt import StopOnSignal
+from .speed import apply_fast_settings
 from .resume import check_resumed_settings, is_resumed_in_place, record_resumed_settings, resume_arguments
+from .slurm import missing_launcher, requeued_checkpoint, restart_count, restarted_job, trainer_arguments
 
 log = logging.getLogger("abn")
 
@@ -121,6 +125,30 @@ def check_start_point(cfg: DictConfig, previous: Optional[DictConfig] = None) ->
                      f"{started}: give only one of them")
 
 
+def settle_sync_batchnorm(trainer_cfg: DictConfig) -> None:
+    """``trainer.sync_batchnorm=auto`` (``trainer=ddp``) becomes true where the run trains on CUDA GPUs and false
+    elsewhere; ``true`` off GPUs is refused here rather than by PyTorch inside every process."""
+    on_gpus = trainer_cfg.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if trainer_cfg.get("sync_batchnorm") == "auto":
+        trainer_cfg.sync_batchnorm = on_gpus
+    elif trainer_cfg.get("sync_batchnorm") and not on_gpus:
+        raise ValueError("trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version), "
+                         "and this run trains on the CPU: set trainer.sync_batchnorm=auto (synced on GPUs only) or "
+                         "false")
+
+
+def plain_console_callbacks(callbacks: list, trainer_cfg: DictConfig) -> list:
+    """The tqdm progress bar and the plain model summary, unless the config chose others: Lightning switches to its
+    rich versions wherever the ``rich`` package happens to be installed (optuna's dependencies bring it), which
+    changes what a run prints and writes to logs of background runs."""
+    added = []
+    if trainer_cfg.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        added.append(TQDMProgressBar())
+    if trainer_cfg.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        added.append(ModelSummary())
+    return added
+
+
 def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
     """Fit, then test the last-epoch weights; returns the final metrics (``val/acc``, ``test/acc``, …).
 
@@ -131,18 +159,19 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
         check_start_point(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":
-        raise ValueError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU version); add "
-                         "trainer.sync_batchnorm=false to run DDP on CPU")
+    settle_sync_batchnorm(cfg.trainer)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     facts = adopt_data_facts(cfg, datamodule)
     model: L.LightningModule = instantiate(cfg.model, **facts.model_arguments())
+    apply_fast_settings(cfg, model, datamodule)  # trainer.precision and model.channels_last where they are auto
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     if not loggers:  # logger=none: nothing to record learning rates to
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     stopper = StopOnSignal()
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stopper], logger=loggers or False)
+    callbacks += plain_console_callbacks(callbacks, cfg.trainer)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stopper], logger=loggers or False,
+                                     **trainer_arguments(cfg.trainer))
 
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg.ckpt_path, model, training=cfg.get("train", True))
@@ -200,14 +229,23 @@ def print_summary(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, 
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@search_trial
 def run(cfg: DictConfig) -> Optional[float]:
     """One Hydra job: a run in its own folder, or the continuation of the run a checkpoint came from."""
     route_library_logs_to_run_log()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     resumed = is_resumed_in_place(cfg, run_dir, hydra_cfg.output_subdir)
-    with reported_errors(run_dir, fresh_folder=not resumed):
-        if resumed:
+    with reported_errors(run_dir, fresh_folder=not resumed and not restarted_job()):
+        if restarted_job():  # a SLURM job started again (requeued): it continues from the checkpoint it saved
+            checkpoint = requeued_checkpoint(run_dir)
+            log.info("SLURM started this job again (restart %d): %s", restart_count(),
+                     f"continuing the run in {run_dir} from {checkpoint}" if checkpoint else
+                     f"no checkpoint saved yet in {run_dir}, so training starts over")
+            if checkpoint:
+                cfg.ckpt_path = str(checkpoint)
+                resumed = True
+        elif resumed:
             log.info("Resuming the run in %s from %s", run_dir, cfg.ckpt_path)
             previous = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
             check_start_point(cfg, previous)
@@ -224,6 +262,12 @@ def main() -> None:
     except Exception as error:  # an unreadable .hydra/ beside the checkpoint: say so, no traceback
         sys.exit(f"cannot continue the run of this checkpoint: {type(error).__name__}: {error}\n"
                  "Fix or remove the run's .hydra/ folder, or copy the checkpoint elsewhere to resume it in a new folder.")
+    problem = search_command_problem(sys.argv[1:])
+    if problem:
+        sys.exit(problem)
+    missing = missing_launcher(sys.argv[1:])
+    if missing:
+        sys.exit(missing)
     run()
 
 

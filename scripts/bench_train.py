@@ -6,6 +6,7 @@
     python scripts/bench_train.py --arch resnet110_bottleneck --switches --no-heads          # all switches
     python scripts/bench_train.py --arch resnet20 --switches channels_last bf16 --no-heads
     python scripts/bench_train.py --arch all --steps 2 --warmup 1 --repeats 1 --batch-size 8
+    python scripts/bench_train.py --no-heads --official-repo /path/to/checkout --defaults   # ours as abn-train runs
 
 Per arch it prints Markdown rows: parameters and MACs per image of the baseline and ABN heads (``--light``: and of
 ABN with the light branch), training images/s (forward + backward + SGD step on a fixed batch) of each, and each
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from abn.models import ABNOutput, create_model, list_models, model_info
+from abn.speed import choose_channels_last, choose_precision
 
 # our arch → (file in the official repository, constructor, its arguments); only networks that are the same
 OFFICIAL = {
@@ -98,6 +100,7 @@ class Timer:
             self.labels = torch.randint(0, classes, (batch,), device=device)
             self.criterion = F.cross_entropy
         self.device, self.bf16 = device, bf16
+        self.settings = f"{'bf16 autocast' if bf16 else 'fp32'}, {'NHWC' if channels_last else 'NCHW'}"
 
     def step(self) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -146,6 +149,16 @@ def build(arch: str, head: str, classes: int, in_chans: int, **options) -> nn.Mo
     return create_model(arch, head=head, num_classes=classes, in_chans=in_chans, **options)
 
 
+def default_timer(arch: str, device: torch.device, args: argparse.Namespace, size: int, classes: int) -> Timer:
+    """Our ABN with the precision and memory format ``abn-train`` chooses by default on ``device`` (abn.speed)."""
+    model = build(arch, "abn", classes, args.in_chans)
+    precision, _ = choose_precision("auto", device)
+    channels_last, _ = choose_channels_last("auto", model, (args.batch_size, args.in_chans, size, size), device,
+                                            precision)
+    return Timer(model, device, args.batch_size, size, args.in_chans, classes, channels_last=channels_last,
+                 bf16=precision.startswith("bf16"))
+
+
 def try_speeds(make: Callable[[], dict[str, Timer]], args) -> Optional[dict[str, float]]:
     try:
         return {name: statistics.median(values) for name, values in interleaved(make(), args.steps, args.warmup,
@@ -170,6 +183,9 @@ def main() -> None:
     parser.add_argument("--switches", nargs="*", choices=SWITCHES, default=None,
                         help="time the ABN head with these speed switches (none named: all of them)")
     parser.add_argument("--no-heads", action="store_true", help="skip the baseline-vs-ABN table")
+    parser.add_argument("--defaults", action="store_true",
+                        help="with --official-repo: also time ours at abn-train's default settings (precision and "
+                             "memory format auto) against the official code at its own (fp32, NCHW)")
     parser.add_argument("--light", action="store_true", help="add the ABN with the light branch to that table")
     args = parser.parse_args()
 
@@ -205,6 +221,7 @@ def main() -> None:
                   f"| {macs['baseline'] / macs[name]:.3f} |", flush=True)
         del models, timers
 
+    defaults: list[str] = []
     if args.official_repo is not None:
         print("\n| arch | input | params ours | params official | MACs/img ours | MACs/img official "
               "| img/s ours (ABN) | img/s official | ours / official, median (range) of rounds |")
@@ -222,11 +239,23 @@ def main() -> None:
             macs = [macs_per_image(m, size, args.in_chans) / 1e6 for m in (ours, theirs)]
             timers = {name: Timer(m, device, args.batch_size, size, args.in_chans, classes)
                       for name, m in (("ours", ours), ("official", theirs))}
+            if args.defaults:  # ours as abn-train sets it up by default (trainer.precision, model.channels_last auto)
+                timers["ours, defaults"] = default_timer(arch, device, args, size, classes)
             speeds = interleaved(timers, args.steps, args.warmup, args.repeats)
             print(f"| {arch} | {size} | {counts[0]:,} | {counts[1]:,} | {macs[0]:,.0f} M | {macs[1]:,.0f} M "
                   f"| {statistics.median(speeds['ours']):.1f} | {statistics.median(speeds['official']):.1f} "
                   f"| {paired_ratio(speeds, 'ours', 'official')} |", flush=True)
+            if args.defaults:
+                defaults.append(f"| {arch} | {size} | {timers['ours, defaults'].settings} "
+                                f"| {statistics.median(speeds['ours, defaults']):.1f} "
+                                f"| {statistics.median(speeds['official']):.1f} "
+                                f"| {paired_ratio(speeds, 'ours, defaults', 'official')} |")
             del ours, theirs, timers
+        if defaults:
+            print("\n| arch | input | our default settings | img/s ours, defaults | img/s official (fp32, NCHW) "
+                  "| ours, defaults / official, median (range) |")
+            print("|---|---|---|---|---|---|")
+            print("\n".join(defaults), flush=True)
 
     if args.switches is not None:
         switches = args.switches or list(SWITCHES)

@@ -36,6 +36,16 @@ def make_fashion_mnist(directory: Path, train: int = 120, test: int = 40, compre
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def memory_format_cache(tmp_path_factory) -> Path:
+    """The measured memory formats of abn-train runs (abn.speed) in a folder of the test session, not the home:
+    every run of the session, in this process or another, trains in the same format."""
+    folder = tmp_path_factory.mktemp("abn_cache")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("ABN_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_system_copy(tmp_path_factory) -> Path:
     """Stands in for /usr/share/datasets/fashion-mnist: the four gzipped files."""

@@ -71,6 +71,22 @@ def _umask() -> int:
 
 
 def test_the_trainer_of_the_default_config_writes_checkpoints_atomically(tmp_path: Path, clear_hydra):
-    cfg = compose_train_config(tmp_path, ["trainer=cpu"])
+    cfg = compose_train_config(tmp_path, ["trainer=cpu", "trainer.precision=32-true"])  # auto is settled by train()
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, abn.checkpoint_io.AtomicCheckpointIO)
+
+
+def test_the_latest_checkpoint_is_found_by_its_fixed_name_when_the_processes_did_not_report_it(tmp_path: Path):
+    """After a ddp_spawn run the main process's callbacks know no paths: the summary still names last.ckpt."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from abn.checkpoint_io import latest_checkpoint
+
+    callbacks = [ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None),
+                 ModelCheckpoint(dirpath=tmp_path, filename="epoch_{epoch:03d}", monitor="val/acc", mode="max")]
+    trainer = SimpleNamespace(checkpoint_callbacks=callbacks)
+    assert latest_checkpoint(trainer) == ""  # nothing written yet
+    (tmp_path / "last.ckpt").write_bytes(b"saved by rank 0")
+    assert latest_checkpoint(trainer) == str(tmp_path / "last.ckpt")

@@ -152,7 +152,9 @@ def test_abn_explain_refuses_a_diverged_checkpoint(run, tmp_path, monkeypatch, c
     checkpoint = run / "checkpoints" / "last.ckpt"
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     first = next(key for key, value in saved["state_dict"].items() if value.is_floating_point())
-    saved["state_dict"][first].view(-1)[0] = float("nan")
+    weights = saved["state_dict"][first].contiguous()  # weights saved in NHWC have no flat view
+    weights.view(-1)[0] = float("nan")
+    saved["state_dict"][first] = weights
     torch.save(saved, checkpoint)
     others = sorted(path.name for path in checkpoint.parent.glob("*.ckpt") if path != checkpoint)
     with pytest.raises(ValueError, match=f"not finite \\(NaN or infinity in 1 of {len(saved['state_dict'])} tensors, "

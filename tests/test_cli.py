@@ -59,10 +59,10 @@ def test_help_lists_the_valid_archs_heads_and_data_sets(tmp_path, monkeypatch, c
     assert "relevance_cam" in printed
 
 
-def test_ddp_on_cpu_says_to_switch_off_sync_batchnorm(tmp_path, monkeypatch, capsys):
-    code, _, error = run_cli(train_cli.main, ["trainer=ddp", "trainer.accelerator=cpu"], tmp_path, monkeypatch, capsys,
-                             expect_success=False)
-    assert code == 1 and "trainer.sync_batchnorm=false" in error and "Traceback" not in error
+def test_sync_batchnorm_on_the_cpu_says_to_leave_it_to_the_device(tmp_path, monkeypatch, capsys):
+    arguments = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"]
+    code, _, error = run_cli(train_cli.main, arguments, tmp_path, monkeypatch, capsys, expect_success=False)
+    assert code == 1 and "trainer.sync_batchnorm=auto (synced on GPUs only)" in error and "Traceback" not in error
 
 
 def test_an_unreachable_download_prints_the_message_only(tmp_path, monkeypatch, capsys):

@@ -244,8 +244,10 @@ def test_weights_that_are_nan_or_inf_are_never_saved(tmp_path):
 def test_a_nan_loss_on_another_process_stops_this_one_too(tmp_path, monkeypatch):
     """DDP: each process checks its own loss; they agree (an all-reduce) before any stops, and name the process."""
     module = ABNModule(head="abn", num_classes=3)
-    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "reduce_boolean_decision",
-                        lambda strategy, decision, all=True: False)  # not all processes' losses are finite
+    # the step's one all-reduce sums (non-finite losses, stops asked for) over the processes: one more nan elsewhere
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "reduce",
+                        lambda strategy, value, reduce_op=None, **_: value + torch.tensor([1, 0])
+                        if isinstance(value, torch.Tensor) and value.shape == (2,) else value)
     nan_on_process_1 = torch.tensor([1, 0, 0, 1])  # perception, attention, supervision, weighted sum
     monkeypatch.setattr(module, "all_gather", lambda codes: torch.stack([codes, nan_on_process_1]))
     message = _fit_until_it_fails(module, tmp_path)

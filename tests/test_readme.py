@@ -184,6 +184,8 @@ def small_overrides(arguments: list[str], data_dir: Path) -> list[str]:
     arch = arch_of(arguments)
     if arch in LIGHTER:
         extra.append(f"model.arch={LIGHTER[arch]}")
+    if any(argument.startswith("hparams_search=") for argument in arguments):
+        extra.append("hydra.sweeper.n_trials=2")  # an Optuna search: two trials of its ten
     seeds = [argument for argument in arguments if argument.startswith("seed=") and "," in argument]
     if seeds:
         extra.append("seed=" + seeds[-1].split("=", 1)[1].split(",")[0])
@@ -267,6 +269,8 @@ def train_on_multishapes(folder: Path) -> Path:
 def test_documented_command_runs(where, command, data_dir, quick_start_dir, tmp_path, monkeypatch, capsys):
     if "data.mask_dir=" in command:
         pytest.skip("a fine-tune on exported maps: tests/scripts/test_export_maps.py runs the page's commands in order")
+    if "hydra/launcher=slurm" in command:
+        pytest.skip("submits to SLURM: tests/test_slurm.py runs these commands on a real one-node cluster")
     if where != "README.md:17" and quick_start_run(quick_start_dir) is None:  # the quick start first, whatever is selected
         name, arguments, _ = prepare(".venv/bin/abn-train", data_dir, quick_start_dir, tmp_path)
         run_cli(train_cli.main, arguments, quick_start_dir, monkeypatch, capsys)

@@ -246,3 +246,15 @@ def test_two_runs_started_in_the_same_second_keep_their_own_folders(tmp_path, mo
         assert OmegaConf.load(run / ".hydra" / "config.yaml").model.head == head
         checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         assert checkpoint["hyper_parameters"]["head"] == head
+
+
+def test_the_console_shows_tqdm_and_the_plain_summary_even_where_rich_is_installed():
+    from lightning.pytorch.callbacks import ModelSummary, RichProgressBar, TQDMProgressBar
+    from omegaconf import OmegaConf
+
+    from abn.train import plain_console_callbacks
+
+    added = plain_console_callbacks([], OmegaConf.create({}))
+    assert [type(callback) for callback in added] == [TQDMProgressBar, ModelSummary]
+    chosen = plain_console_callbacks([RichProgressBar()], OmegaConf.create({"enable_model_summary": False}))
+    assert chosen == []  # a bar the config chose stays; a summary switched off is not added

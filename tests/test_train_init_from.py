@@ -133,7 +133,9 @@ def test_a_diverged_checkpoint_is_refused_as_a_start(first_run, tmp_path, monkey
     """Weights with an infinity would train nothing but nan: refused before a run folder is made."""
     saved = torch.load(first_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     first = next(key for key, value in saved["state_dict"].items() if value.is_floating_point())
-    saved["state_dict"][first].view(-1)[-1] = float("inf")
+    weights = saved["state_dict"][first].contiguous()  # weights saved in NHWC have no flat view
+    weights.view(-1)[-1] = float("inf")
+    saved["state_dict"][first] = weights
     diverged = tmp_path / "diverged.ckpt"
     torch.save(saved, diverged)
     code, _, error = run_cli(train_cli.main, [*SHORT, f"init_from={diverged}"], tmp_path, monkeypatch, capsys,

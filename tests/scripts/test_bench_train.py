@@ -50,3 +50,14 @@ def test_heads_official_and_switch_tables(tmp_path):
 def test_a_wrong_official_repo_is_named(tmp_path):
     result = run_bench("--arch", "resnet20", *TINY, "--no-heads", "--official-repo", str(tmp_path))
     assert result.returncode != 0 and "must be a checkout of" in result.stderr
+
+
+def test_ours_at_the_default_settings_against_the_official_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABN_CACHE_DIR", str(tmp_path / "cache"))
+    result = run_bench("--arch", "resnet20", *TINY, "--no-heads", "--official-repo",
+                       str(fake_official_repo(tmp_path / "repo")), "--defaults")
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| resnet20 | 32 | fp32, N")
+              or line.startswith("| resnet20 | 32 | bf16 autocast, N")]
+    assert row.count("|") == 7 and "(" in row.split(" | ")[-1]
+    assert (tmp_path / "cache" / "memory_formats.json").is_file()  # the memory format abn-train would choose
