@@ -142,6 +142,10 @@ def plain_console_callbacks(callbacks: list, trainer_cfg: DictConfig) -> list:
     rich versions wherever the ``rich`` package happens to be installed (optuna's dependencies bring it), which
     changes what a run prints and writes to logs of background runs."""
     added = []
+    if "ddp" in str(trainer_cfg.get("strategy", "")):
+        # 2 spawned CPU processes hung after their first validation with this bar added here (cause not found yet);
+        # Lightning's own choice of bar is kept for DDP runs
+        return added
     if trainer_cfg.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         added.append(TQDMProgressBar())
     if trainer_cfg.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
