@@ -68,7 +68,7 @@ def device_name(device: torch.device) -> str:
 def training_device(accelerator: str) -> torch.device:
     """The device ``trainer.accelerator`` trains on: a GPU for ``gpu``/``cuda``, and for ``auto`` where one exists."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cuda")
+        return torch.device("cuda")  # the current one; asking which would start CUDA before DDP spawns its processes
     return torch.device("cpu")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ from .config import config_dir
 from .data.facts import DataFacts, adopt_data_facts
 from .hparams_search import search_command_problem, search_trial
 from .interrupt import StopOnSignal
-from .speed import apply_fast_settings
+from .speed import apply_fast_settings, training_device
 from .resume import check_resumed_settings, is_resumed_in_place, record_resumed_settings, resume_arguments
 from .slurm import missing_launcher, requeued_checkpoint, restart_count, restarted_job, trainer_arguments
 
@@ -125,10 +126,20 @@ def check_start_point(cfg: DictConfig, previous: Optional[DictConfig] = None) ->
                      f"{started}: give only one of them")
 
 
+def seed_run(seed: Optional[int]) -> None:
+    """Seed every generator with ``seed``, which Lightning also passes on to spawned processes (``PL_GLOBAL_SEED``,
+    read by abn.data.resumable); without a seed, the one an earlier run of this process left there is removed, so a
+    job of a sweep with ``seed=null`` is not replayed with its predecessor's order and draws."""
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
+    else:
+        os.environ.pop("PL_GLOBAL_SEED", None)
+
+
 def settle_sync_batchnorm(trainer_cfg: DictConfig) -> None:
     """``trainer.sync_batchnorm=auto`` (``trainer=ddp``) becomes true where the run trains on CUDA GPUs and false
     elsewhere; ``true`` off GPUs is refused here rather than by PyTorch inside every process."""
-    on_gpus = trainer_cfg.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    on_gpus = training_device(str(trainer_cfg.get("accelerator"))).type == "cuda" and torch.cuda.is_available()
     if trainer_cfg.get("sync_batchnorm") == "auto":
         trainer_cfg.sync_batchnorm = on_gpus
     elif trainer_cfg.get("sync_batchnorm") and not on_gpus:
@@ -142,10 +153,6 @@ def plain_console_callbacks(callbacks: list, trainer_cfg: DictConfig) -> list:
     rich versions wherever the ``rich`` package happens to be installed (optuna's dependencies bring it), which
     changes what a run prints and writes to logs of background runs."""
     added = []
-    if "ddp" in str(trainer_cfg.get("strategy", "")):
-        # 2 spawned CPU processes hung after their first validation with this bar added here (cause not found yet);
-        # Lightning's own choice of bar is kept for DDP runs
-        return added
     if trainer_cfg.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         added.append(TQDMProgressBar())
     if trainer_cfg.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
@@ -161,8 +168,7 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
     check_values(cfg)
     if not resumed:
         check_start_point(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg.get("seed"))
     settle_sync_batchnorm(cfg.trainer)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     facts = adopt_data_facts(cfg, datamodule)
@@ -173,8 +179,11 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
     if not loggers:  # logger=none: nothing to record learning rates to
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     stopper = StopOnSignal()
-    callbacks += plain_console_callbacks(callbacks, cfg.trainer)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stopper], logger=loggers or False,
+    # the bar last, where Lightning puts its own: under DDP it computes the epoch's metrics (a collective of
+    # torchmetrics) on rank 0 alone, which pairs with the other ranks' computing them right after the callbacks; a
+    # callback with a collective of its own after the bar (the stopper) would pair with it instead and hang the run
+    callbacks += [stopper, *plain_console_callbacks(callbacks, cfg.trainer)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      **trainer_arguments(cfg.trainer))
 
     if cfg.get("ckpt_path"):

@@ -10,6 +10,9 @@ from typing import Callable
 import pytest
 import torch
 
+from abn.data.resumable import run_seed
+from abn.train import seed_run
+
 from .conftest import train_once
 
 # 6 steps an epoch, 3 epochs; every epoch's checkpoint kept (epoch_000.ckpt …) and one every 5 steps (step_005.ckpt …)
@@ -59,3 +62,13 @@ def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(uninterrupte
 
 def test_the_order_and_augmentation_do_not_depend_on_the_worker_count(uninterrupted):
     assert differing(final_weights(uninterrupted(0)), final_weights(uninterrupted(2))) == []
+
+
+def test_a_run_without_a_seed_does_not_replay_the_seed_an_earlier_run_of_the_process_left(monkeypatch):
+    """Jobs of a sweep run one after the other in one process: ``seed=null`` after a seeded job must not take the
+    order and draws derived from that job's seed."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # as an earlier job's seed_everything(7) left it
+    seed_run(None)
+    assert run_seed() is None
+    seed_run(3)
+    assert run_seed() == 3

@@ -139,16 +139,18 @@ def shapes(fraction: float = 1.0) -> ShapesDataModule:
 
 
 def test_supervision_moves_the_maps_energy_inside_the_boxes_up():
+    # the energy form, 6 epochs of 256 images: inside-box share 0.28-0.50 against 0.16-0.18 unsupervised over seeds 0-3
+    # (l1 with weight 10 at this constant lr 0.1 let the map saturate at 0 for some seeds, leaving nothing to measure)
     energies = {}
-    for loss in (None, "l1"):
+    for loss in (None, "energy"):
         L.seed_everything(0)
         datamodule = shapes()
-        model = ABNModule(num_classes=8, attention_supervision={"loss": loss, "weight": 10.0})
-        trainer = tiny_trainer(24)
+        model = ABNModule(num_classes=8, attention_supervision={"loss": loss, "weight": 3.0})
+        trainer = tiny_trainer(48)
         trainer.fit(model, datamodule=datamodule)
         energies[loss] = map_energy(model, datamodule)
         assert ("train/loss_sup" in trainer.callback_metrics) == (loss is not None)
-    assert energies["l1"] > energies[None] + 0.05, energies
+    assert energies["energy"] > energies[None] + 0.05, energies
 
 
 def test_the_class_map_can_be_supervised_and_its_gradient_reaches_the_class_convolution():
