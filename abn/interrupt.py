@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from .slurm import requeue_signal, submitit_job
 
@@ -60,6 +61,7 @@ class StopOnSignal(Callback):
     def __init__(self) -> None:
         self.received: Optional[signal.Signals] = None
         self._earlier: dict[signal.Signals, Any] = {}  # the handlers that were there before ours
+        self._trainer: Optional[L.Trainer] = None
 
     @contextmanager
     def listening(self, trainer: L.Trainer) -> Iterator[None]:
@@ -68,10 +70,18 @@ class StopOnSignal(Callback):
             yield
             return
         earlier = self._earlier = {number: signal.getsignal(number) for number in signals_to_handle(trainer)}
+        self._trainer = trainer
         for number in earlier:
             signal.signal(number, self._note)
         try:
             yield
+        except ProcessExitedException as ended:  # ddp_spawn: its processes stopped on the signal passed on to them
+            number = self.received or stopping_signal(ended.exit_code)
+            if number is None:
+                raise
+            log.error("\n".join([f"Stopped by {number.name}; the run's checkpoints are in {checkpoint_folder(trainer)}",
+                                  *sweep_note()]))
+            raise Interrupted(128 + int(number)) from None
         except SystemExit as stop:  # Lightning's own stop on SIGTERM exits with status 0: not a success
             if self.received is None or isinstance(stop, Interrupted):
                 raise
@@ -80,11 +90,34 @@ class StopOnSignal(Callback):
         finally:
             for number, handler in earlier.items():
                 signal.signal(number, handler)
+            self._trainer = None
 
     def _note(self, number: int, _frame: Any) -> None:
         if self.received is None:
             self.received = signal.Signals(number)
             log.warning("Received %s: stopping at the end of this batch", self.received.name)
+            # the processes this one started (ddp_spawn's, or those strategy=ddp launches) stop with it
+            launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
+            if getattr(launcher, "procs", None):
+                launcher.kill(number)
+
+    def _listen_in_every_process(self, trainer: L.Trainer) -> None:
+        """Every process notes the signal itself (under DDP the batch end then agrees on it) and nothing else does:
+        Lightning's SIGTERM handler, put in place after on_fit_start, is replaced. Lightning ends a run on SIGTERM
+        at its next batch end without saving it (our batch-end check may have passed already), and under DDP it
+        broadcasts from inside the handler, which no other process meets (the run hung)."""
+        if threading.current_thread() is threading.main_thread():
+            for number in signals_to_handle(trainer):
+                signal.signal(number, self._note)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._listen_in_every_process(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._listen_in_every_process(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._listen_in_every_process(trainer)
 
     def _stop_requested(self, trainer: L.Trainer, agreed: Optional[bool] = None) -> bool:
         """Whether any process got a signal; ``agreed``: the processes' answer already exchanged in the step."""
@@ -145,6 +178,15 @@ class StopOnSignal(Callback):
         except SystemExit:  # submitit has requeued the job
             log.warning("Requeued: SLURM starts this job again in the same folder, where it continues from %s",
                         checkpoint)
+
+
+def stopping_signal(exit_code: Optional[int]) -> Optional[signal.Signals]:
+    """The signal a process that exited with ``exit_code`` was stopped by (``Interrupted``'s 128 + number)."""
+    try:
+        number = signal.Signals(exit_code - 128) if exit_code is not None and exit_code > 128 else None
+    except ValueError:
+        return None
+    return number if number in signals_to_handle() else None
 
 
 def checkpoint_folder(trainer: L.Trainer) -> Path:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import traceback
@@ -30,6 +31,7 @@ from abn.module import TrainingDiverged
 from abn.train import settle_sync_batchnorm
 
 from .conftest import TINY_SHAPES, make_fashion_mnist
+from .test_interrupt import LONGER, signal_during_training
 from .data.test_folder import write_class_folders
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -85,8 +87,8 @@ class RecordTrainingImages(L.Callback):
 FASHION_TRAIN, FASHION_TEST, FASHION_VAL = 120, 40, 20
 
 
-def fashion_arguments(root: Path) -> list[str]:
-    return [*DDP, "data=fashion_mnist", "data.on_device=true", f"data.root={root}", "+data.search_dirs=[]",
+def fashion_arguments(root: Path, on_device: bool) -> list[str]:
+    return [*DDP, "data=fashion_mnist", f"data.on_device={str(on_device).lower()}", f"data.root={root}", "+data.search_dirs=[]",
             "data.download=false", f"data.val_size={FASHION_VAL}", "data.augment=false", "data.num_workers=0",
             "data.batch_size=10", "trainer.max_epochs=2", "seed=0", "callbacks.attention_images.num_images=2",
             "callbacks.step_checkpoint.every_n_train_steps=3", "callbacks.step_checkpoint.filename='step_{step:03d}'",
@@ -100,16 +102,17 @@ def fashion_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def fashion_run(tmp_path_factory, fashion_root) -> tuple[Path, str]:
-    """The run folder of a 2-process run on the device, fitted and tested, and what it printed."""
+@pytest.fixture(scope="module", params=[True, False], ids=["on device", "data loaders"])
+def fashion_run(request, tmp_path_factory, fashion_root) -> tuple[Path, str, bool]:
+    """The run folder of a 2-process run, fitted and tested, what it printed, and whether its data was on the
+    device (DeviceBatches) or read by data loaders (abn.data.resumable's EpochShuffle sharded per process)."""
     folder = tmp_path_factory.mktemp("ddp")
-    printed = succeeded(abn_train(fashion_arguments(fashion_root), folder))
-    return the_run(folder), printed
+    printed = succeeded(abn_train(fashion_arguments(fashion_root, request.param), folder))
+    return the_run(folder), printed, request.param
 
 
 def test_ddp_trains_two_cpu_processes_and_rank_0_alone_writes_checkpoints_and_tensorboard(fashion_run):
-    run, printed = fashion_run
+    run, printed, _ = fashion_run
     assert "distributed_backend=gloo" in printed and "Starting with 2 processes" in printed
     assert "Training finished" in printed
     checkpoints = sorted(path.name for path in (run / "checkpoints").iterdir())
@@ -127,7 +130,7 @@ def test_ddp_trains_two_cpu_processes_and_rank_0_alone_writes_checkpoints_and_te
 
 
 def test_each_process_trains_on_its_own_half_of_every_epoch(fashion_run):
-    run, _ = fashion_run
+    run, _, _ = fashion_run
     seen = [json.loads((run / f"seen_by_rank{rank}.json").read_text()) for rank in range(2)]
     training_images = FASHION_TRAIN - FASHION_VAL
     for epoch in ("0", "1"):
@@ -143,7 +146,7 @@ def test_the_test_metrics_of_rank_0_are_those_of_the_whole_test_split(fashion_ru
     from abn.data import FashionMNISTDataModule
     from abn.module import ABNModule
 
-    run, _ = fashion_run
+    run, _, _ = fashion_run
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     logged = {name: events.Scalars(name)[-1].value for name in ("test/acc", "test/loss")}
@@ -164,12 +167,12 @@ def test_the_test_metrics_of_rank_0_are_those_of_the_whole_test_split(fashion_ru
 
 def test_a_run_resumed_mid_epoch_under_ddp_ends_with_the_weights_of_the_uninterrupted_run(fashion_run, fashion_root,
                                                                                           tmp_path: Path):
-    run, _ = fashion_run
+    run, _, on_device = fashion_run
     start = tmp_path / "killed" / "step_006.ckpt"  # epoch 1, 1 of its 5 steps done: as a killed run left it
     start.parent.mkdir()
     shutil.copy(run / "checkpoints" / "step_006.ckpt", start)
 
-    printed = succeeded(abn_train([*fashion_arguments(fashion_root), f"ckpt_path={start}", "test=false"], tmp_path))
+    printed = succeeded(abn_train([*fashion_arguments(fashion_root, on_device), f"ckpt_path={start}", "test=false"], tmp_path))
 
     assert "Starting with 2 processes" in printed
     resumed = weights(the_run(tmp_path) / "checkpoints" / "last.ckpt")
@@ -203,6 +206,24 @@ def test_a_diverged_ddp_run_prints_the_message_alone_and_fails(tmp_path: Path):
     assert "Training diverged at global step" in printed and " on process 0 of 2" in printed
     assert "Traceback" not in printed and "ProcessRaisedException" not in printed
     assert f"(the run's log: {the_run(tmp_path) / 'train.log'})" in printed
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_sigterm_to_abn_train_stops_every_process_at_one_batch_saves_and_the_run_resumes(tmp_path: Path):
+    """The signal goes to the main process only (as ``kill <pid>`` sends it), which passes it on to the processes
+    it started; 2 processes × 16 steps in the epoch."""
+    arguments = [*DDP, *(argument for argument in LONGER if argument not in DDP)]
+    status, printed = signal_during_training(arguments, tmp_path, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, printed[-4000:]
+    assert "Stopped by SIGTERM in epoch 0" in printed and "Training finished" not in printed
+    assert "Traceback" not in printed and "ProcessExitedException" not in printed, printed[-4000:]
+    checkpoint = the_run(tmp_path) / "checkpoints" / "last.ckpt"
+    assert f"resume it with:           abn-train ckpt_path={checkpoint}" in printed
+    assert 0 < torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] < 16
+
+    resumed = succeeded(abn_train([f"ckpt_path={checkpoint}"], tmp_path))
+    assert "Training finished" in resumed
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 16
 
 
 @pytest.mark.parametrize("cuda, overrides, synced", [

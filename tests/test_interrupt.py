@@ -12,8 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+
+from abn.data import ShapesDataModule
+from abn.interrupt import Interrupted, StopOnSignal, checkpoint_folder
+from abn.module import ABNModule
 
 from .conftest import TINY_SHAPES
 
@@ -85,3 +90,25 @@ def test_the_signal_handlers_are_put_back_after_the_run(tmp_path: Path, monkeypa
     before = signal.getsignal(signal.SIGTERM)
     run_cli(main, [*TINY_SHAPES, "trainer.max_epochs=1", "callbacks.attention_images=null"], tmp_path, monkeypatch, capsys)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+class SignalAfterTheStopCheck(L.Callback):
+    """Sends SIGTERM to this process at the end of the first batch, after StopOnSignal has looked for one."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_after_the_batch_end_check_stops_at_the_next_batch_end_with_the_state_saved(tmp_path: Path):
+    """Lightning's own SIGTERM handling ended such a run at once, without saving (seen in CI, where the progress bar
+    drew after the check)."""
+    stopper = StopOnSignal()
+    trainer = L.Trainer(max_steps=6, default_root_dir=tmp_path, callbacks=[stopper, SignalAfterTheStopCheck()],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    data = ShapesDataModule(train_size=64, val_size=16, test_size=16, batch_size=8)
+    with pytest.raises(Interrupted) as stopped, stopper.listening(trainer):
+        trainer.fit(ABNModule(num_classes=8), datamodule=data)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    saved = torch.load(checkpoint_folder(trainer) / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2

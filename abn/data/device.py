@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision import datasets
 
-from .resumable import Position
+from .resumable import Position, repeat_to
 
 
 class DeviceBatches:
@@ -128,8 +128,7 @@ class DeviceBatches:
         total = len(self.images)
         order = torch.randperm(total, generator=generator) if self.shuffle else torch.arange(total)
         padded_total = self.shard_size() * self.world_size
-        if padded_total > total:  # as DistributedSampler: repeat the first indices so every rank gets as many
-            order = order.repeat(math.ceil(padded_total / total))[:padded_total]
+        order = repeat_to(order, padded_total)
         offsets = torch.randint(0, 2 * self.padding + 1, (padded_total, 2), generator=generator)
         flips = torch.rand(padded_total, generator=generator) < 0.5  # drawn either way: hflip leaves the crops alone
         if not self.hflip:

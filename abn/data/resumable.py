@@ -12,19 +12,20 @@ fetches a batch ahead of the step it trains. So nothing random depends on what r
 
 The checkpoint holds only where the run stands: the epoch to run next and the batches of it already trained (the
 data module's ``state_dict``). A run resumed mid-epoch starts the sampler after those batches without loading
-them. Nothing depends on ``data.num_workers``. Under DDP Lightning puts its ``DistributedSampler`` in place of
-:class:`EpochShuffle` (its order also depends only on the seed and the epoch): there a run resumed mid-epoch reads
-its epoch from the start.
+them. Nothing depends on ``data.num_workers``. Under DDP each process takes its own share of the same epoch order
+(positions ``rank::world size``), so the same holds for every process.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, RandomSampler
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
 
 # where a run stands: (the epoch it runs next, the batches of that epoch already trained)
 Position = tuple[int, int]
@@ -41,21 +42,35 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([part % 2**64 for part in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class EpochShuffle(RandomSampler):
+def repeat_to(items: torch.Tensor, total: int) -> torch.Tensor:
+    """``items`` (along the first dimension) with its first ones repeated up to ``total``, as DistributedSampler gives
+    every process as many when the count does not divide."""
+    if total <= len(items):
+        return items
+    return items.repeat(math.ceil(total / len(items)), *[1] * (items.dim() - 1))[:total]
+
+
+class EpochShuffle(DistributedSampler):
     """A new order every epoch, the same in every run with this ``seed``: it depends only on (seed, epoch).
 
     Yields ``(index, image seed)`` pairs for :class:`SeededSamples`. ``set_epoch`` (Lightning calls it at every
     epoch start) chooses the epoch. ``resume`` is asked at the start of each pass for a position (epoch, batches
-    done) to continue from: the first pass of a resumed run leaves out the batches already trained. A
-    ``RandomSampler``, so that Lightning swaps in its ``DistributedSampler`` under DDP."""
+    done) to continue from: the first pass of a resumed run leaves out the batches already trained.
+
+    Under DDP (``torch.distributed`` initialised, or ``num_replicas``/``rank`` given) each process keeps positions
+    ``rank::num_replicas`` of the epoch's order, the first ones repeated where the count does not divide; being a
+    ``DistributedSampler``, Lightning keeps it instead of putting its own in place."""
 
     def __init__(self, data_source: Dataset, seed: int, batch_size: int,
-                 resume: Optional[Callable[[], Optional[Position]]] = None):
-        super().__init__(data_source)
-        self.seed, self.batch_size, self.resume, self.epoch = seed, batch_size, resume, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+                 resume: Optional[Callable[[], Optional[Position]]] = None, num_replicas: Optional[int] = None,
+                 rank: Optional[int] = None):
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size, self.resume = batch_size, resume
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position = self.resume() if self.resume is not None else None
@@ -63,15 +78,16 @@ class EpochShuffle(RandomSampler):
         if position is not None:
             self.epoch, skip = position[0], position[1] * self.batch_size
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        count = len(self.data_source)
-        order = torch.randperm(count, generator=generator).tolist()
-        image_seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
-        return iter(list(zip(order, image_seeds))[skip:])
+        count = len(self.dataset)
+        order = torch.randperm(count, generator=generator)
+        image_seeds = torch.randint(0, 2**62, (count,), generator=generator)
+        pairs = repeat_to(torch.stack([order, image_seeds], dim=1), self.total_size)
+        return map(tuple, pairs[self.rank::self.num_replicas][skip:].tolist())
 
 
 class SeededSamples(Dataset):
     """``dataset`` read with ``(index, image seed)`` keys: torch's random generator is seeded with the image seed
-    while the image is loaded and augmented, and restored after. A plain index (e.g. from DDP's sampler) reads the
+    while the image is loaded and augmented, and restored after. A plain index (another sampler's) reads the
     image with the generator as it is."""
 
     def __init__(self, dataset: Dataset):

@@ -14,8 +14,11 @@ from abn.data.resumable import EpochShuffle, SeededSamples, derived_seed
 class RandomItems(Dataset):
     """Item i is (i, a random draw from torch's generator): what an augmenting transform does."""
 
+    def __init__(self, count: int = 20):
+        self.count = count
+
     def __len__(self) -> int:
-        return 20
+        return self.count
 
     def __getitem__(self, index: int) -> tuple[int, float]:
         return index, torch.rand(()).item()
@@ -46,6 +49,20 @@ def test_a_resumed_pass_starts_after_the_batches_done_then_epochs_are_whole():
     assert list(resumed) == whole[3 * 4:]
     resumed.set_epoch(2)
     assert list(resumed) == passes(EpochShuffle(items, 7, 4), range(2, 3))[0]
+
+
+@pytest.mark.parametrize("count", [20, 21], ids=["divides", "does not divide"])
+def test_under_ddp_each_process_takes_its_share_of_the_one_order_and_resumes_inside_it(count):
+    data = RandomItems(count)
+    (whole,) = passes(EpochShuffle(data, 7, 4), range(1, 2))
+    shares = [passes(EpochShuffle(data, 7, 4, num_replicas=2, rank=rank), range(1, 2))[0] for rank in (0, 1)]
+    padded = whole + whole[:len(whole) % 2]  # the first pair again where the count is odd
+    assert shares == [padded[0::2], padded[1::2]] and len(shares[0]) == len(shares[1])
+    assert sorted({index for share in shares for index, _ in share}) == list(range(count))
+
+    positions = iter([(1, 2)])  # 2 batches of 4 done on each process
+    resumed = EpochShuffle(data, 7, 4, resume=lambda: next(positions), num_replicas=2, rank=1)
+    assert list(resumed) == shares[1][2 * 4:]
 
 
 def test_each_image_is_drawn_from_its_own_seed_and_the_global_generator_is_left_alone():
