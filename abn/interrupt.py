@@ -79,14 +79,11 @@ class StopOnSignal(Callback):
             number = self.received or stopping_signal(ended.exit_code)
             if number is None:
                 raise
-            log.error("\n".join([f"Stopped by {number.name}; the run's checkpoints are in {checkpoint_folder(trainer)}",
-                                  *sweep_note()]))
-            raise Interrupted(128 + int(number)) from None
+            raise stopped_by(number, trainer) from None
         except SystemExit as stop:  # Lightning's own stop on SIGTERM exits with status 0: not a success
             if self.received is None or isinstance(stop, Interrupted):
                 raise
-            log.error("Stopped by %s; the run's checkpoints are in %s", self.received.name, checkpoint_folder(trainer))
-            raise Interrupted(128 + int(self.received)) from stop
+            raise stopped_by(self.received, trainer) from stop
         finally:
             for number, handler in earlier.items():
                 signal.signal(number, handler)
@@ -193,6 +190,13 @@ def checkpoint_folder(trainer: L.Trainer) -> Path:
     callback = trainer.checkpoint_callback
     folder = getattr(callback, "dirpath", None)
     return Path(folder) if folder else Path(trainer.default_root_dir) / "checkpoints"
+
+
+def stopped_by(number: signal.Signals, trainer: L.Trainer) -> Interrupted:
+    """Log where the stopped run's checkpoints are (and, in a sweep, which jobs did not run); the exit to raise."""
+    log.error("\n".join([f"Stopped by {number.name}; the run's checkpoints are in {checkpoint_folder(trainer)}",
+                          *sweep_note()]))
+    return Interrupted(128 + int(number))
 
 
 def sweep_note() -> list[str]:

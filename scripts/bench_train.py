@@ -7,6 +7,7 @@
     python scripts/bench_train.py --arch resnet20 --switches channels_last bf16 --no-heads
     python scripts/bench_train.py --arch all --steps 2 --warmup 1 --repeats 1 --batch-size 8
     python scripts/bench_train.py --no-heads --official-repo /path/to/checkout --defaults   # ours as abn-train runs
+    python scripts/bench_train.py --no-heads --peak                 # achieved FLOP/s against the matmul peak
 
 Per arch it prints Markdown rows: parameters and MACs per image of the baseline and ABN heads (``--light``: and of
 ABN with the light branch), training images/s (forward + backward + SGD step on a fixed batch) of each, and each
@@ -14,8 +15,10 @@ one's speed relative to the baseline beside the inverse of its MAC ratio (what a
 ``--official-repo`` points at a checkout of github.com/machine-perception-robotics-group/attention_branch_network:
 its model definitions are imported from there at run time and timed against ours on the
 same input, batch and device, interleaved so that a slow moment of the machine hits both. ``--switches`` times the
-ABN head with channels_last, bf16 autocast and torch.compile (or those named), each against no switch. Inputs
-default to each arch's native size.
+ABN head with channels_last, bf16 autocast and torch.compile (or those named), each against no switch. ``--peak``
+times a large square matmul in fp32 and bf16 (the device's practical peak) and the ABN's training steps in fp32 and
+bf16 autocast, and prints the FLOP/s each step achieves (forward and backward FLOPs counted by torch's FlopCounterMode)
+as a share of the peak of its precision. Inputs default to each arch's native size.
 """
 
 from __future__ import annotations
@@ -80,6 +83,67 @@ def macs_per_image(model: nn.Module, image_size: int, in_chans: int) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, in_chans, image_size, image_size))
     return counter.get_total_flops() / 2  # a multiply-accumulate is two FLOPs
+
+
+def training_flops_per_image(model: nn.Module, image_size: int, in_chans: int, classes: int) -> float:
+    """FLOPs of one training step per image: forward, both branches' losses and backward, counted by torch."""
+    model.train()
+    images = torch.randn(2, in_chans, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        out = model(images)
+        loss = F.cross_entropy(out.logits, torch.tensor([0, 1]))
+        if out.att_logits is not None:
+            loss = loss + F.cross_entropy(out.att_logits, torch.tensor([0, 1]))
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` rounds of square ``size``×``size`` matmuls: the practical peak."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    rounds = max(1, int(2e10 // (2 * size**3)))  # about 20 GFLOP a round
+    best = 0.0
+    for _ in range(repeats + 1):  # the first round warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * size**3 * rounds / (time.perf_counter() - start))
+    return best
+
+
+def peak_table(archs: list[str], settings: dict[str, tuple[int, int]], device: torch.device,
+               args: argparse.Namespace) -> None:
+    """Achieved training FLOP/s of the ABN, fp32 and bf16 autocast (NHWC and NCHW), as a share of the matmul peak."""
+    size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: matmul_peak(device, dtype, size) for name, dtype in dtypes.items()}
+    rows = []
+    for arch in archs:
+        size_, classes = settings[arch]
+        flops = training_flops_per_image(build(arch, "abn", classes, args.in_chans), size_, args.in_chans, classes)
+        timers = {(precision, layout): Timer(build(arch, "abn", classes, args.in_chans), device, args.batch_size,
+                                             size_, args.in_chans, classes, channels_last=layout == "NHWC",
+                                             bf16=precision == "bf16")
+                  for precision in ("fp32", "bf16") for layout in ("NCHW", "NHWC")}
+        speeds = interleaved(timers, args.steps, args.warmup, args.repeats)
+        rows += [(arch, size_, precision, layout, statistics.median(values), flops)
+                 for (precision, layout), values in speeds.items()]
+        del timers
+    # measured again after the training steps, the best kept: a busy moment of the machine lowers neither figure
+    peaks = {name: max(peak, matmul_peak(device, dtypes[name], size)) for name, peak in peaks.items()}
+    print(f"\nmatmul peak ({size}×{size}, best of 5 before and 5 after): fp32 {peaks['fp32'] / 1e9:,.1f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:,.1f} GFLOP/s\n")
+    print("| arch | input | settings | train img/s | training GFLOP/img | achieved GFLOP/s | share of the matmul peak |")
+    print("|---|---|---|---|---|---|---|")
+    for arch, size_, precision, layout, speed, flops in rows:
+        achieved = speed * flops
+        print(f"| {arch} | {size_} | {precision}, {layout} | {speed:.1f} | {flops / 1e9:.3f} | {achieved / 1e9:,.1f} "
+              f"| {100 * achieved / peaks[precision]:.1f} % of {precision} |", flush=True)
 
 
 class Timer:
@@ -187,6 +251,9 @@ def main() -> None:
                         help="with --official-repo: also time ours at abn-train's default settings (precision and "
                              "memory format auto) against the official code at its own (fp32, NCHW)")
     parser.add_argument("--light", action="store_true", help="add the ABN with the light branch to that table")
+    parser.add_argument("--peak", action="store_true",
+                        help="the ABN's achieved training FLOP/s (fp32, bf16) as a share of the device's matmul peak")
+    parser.add_argument("--peak-size", type=int, default=None, help="side of the peak's matmuls (8192 GPU, 2048 CPU)")
     args = parser.parse_args()
 
     archs = list_models() if args.arch == ["all"] else args.arch
@@ -274,6 +341,9 @@ def main() -> None:
             plain = speeds["plain"]
             cells = [f"{speeds[n]:.1f} (×{speeds[n] / plain:.2f})" if speeds[n] else "failed" for n in switches]
             print(f"| {arch} | {plain:.1f} | " + " | ".join(cells) + " |", flush=True)
+
+    if args.peak:
+        peak_table(archs, settings, device, args)
 
 
 if __name__ == "__main__":

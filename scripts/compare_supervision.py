@@ -41,15 +41,16 @@ def settings(args: argparse.Namespace) -> dict[str, list[str]]:
     return chosen
 
 
-def test_accuracy(job: Path) -> Optional[float]:
-    """The run's last test accuracy (perception branch), read from its TensorBoard events; None before the run ends."""
+def test_accuracy(job: Path, tag: str = "test/acc") -> Optional[float]:
+    """The run's last test accuracy (``test/acc``: perception branch), read from its TensorBoard events; None before
+    the run ends (or where the run logs no such tag)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for events in sorted((job / "tensorboard").rglob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
-        if "test/acc" in accumulator.Tags()["scalars"]:
-            return accumulator.Scalars("test/acc")[-1].value
+        if tag in accumulator.Tags()["scalars"]:
+            return accumulator.Scalars(tag)[-1].value
     return None
 
 

@@ -61,3 +61,15 @@ def test_ours_at_the_default_settings_against_the_official_code(tmp_path, monkey
               or line.startswith("| resnet20 | 32 | bf16 autocast, N")]
     assert row.count("|") == 7 and "(" in row.split(" | ")[-1]
     assert (tmp_path / "cache" / "memory_formats.json").is_file()  # the memory format abn-train would choose
+
+
+def test_achieved_flops_as_a_share_of_the_matmul_peak():
+    result = run_bench("--arch", "resnet20", *TINY, "--no-heads", "--peak", "--peak-size", "128")
+    assert result.returncode == 0, result.stderr
+    assert "matmul peak (128×128, best of 5 before and 5 after): fp32 " in result.stdout and " GFLOP/s, bf16 " in result.stdout
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| resnet20 | 32 | ")]
+    assert [row[2] for row in rows] == ["fp32, NCHW", "fp32, NHWC", "bf16, NCHW", "bf16, NHWC"]
+    forward = 2 * 93.5e6  # FLOPs of one forward pass of the ResNet-20 ABN (docs/models.md: 93.5 M MACs)
+    for row in rows:  # a training step: the forward pass and a backward pass of about twice its cost
+        assert 2.5 * forward < float(row[4]) * 1e9 < 3.5 * forward, row
+        assert row[6].endswith(f"% of {row[2][:4]} |")

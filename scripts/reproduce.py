@@ -1,0 +1,135 @@
+"""Is an ABN trained here a better classifier than its baseline? Fashion-MNIST, trained to convergence, over seeds.
+
+    python scripts/reproduce.py                                   # ResNet-20 and ResNet-56, 4 heads, 3 seeds, 30 epochs
+    python scripts/reproduce.py --nets resnet20 --seeds 0         # a part of it
+    python scripts/reproduce.py --reuse --update-docs             # tabulate the finished runs into docs/results.md
+
+Each (network, head, seed) is one ``abn-train experiment=fashion_mnist`` run in
+``<out>/<net>/<epochs>ep/<head>/seed<k>`` with the paper's schedule shape: SGD at lr 0.1, ×0.1 at 50 % and 75 % of
+the epochs (the CIFAR recipe's 150 and 225 of 300). The 5 000 held-out validation images are only watched, nothing
+is selected on them: the figure is the last epoch's test accuracy on the 10 000 test images. ``--reuse`` keeps every
+finished run, so the sweep can be stopped and continued. The per-seed figures go to ``<out>/reproduce_<epochs>ep.csv``
+(and ``docs/reproduce_fashion_mnist.csv`` with ``--update-docs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_explanations import ROOT, reproducing_flags, run  # noqa: E402
+from compare_supervision import mean_std, set_aside, test_accuracy  # noqa: E402
+from doc_tables import write_between_markers  # noqa: E402
+
+PAGE = ROOT / "docs" / "results.md"
+DOCS_CSV = ROOT / "docs" / "reproduce_fashion_mnist.csv"
+HEADS = {"baseline": ["model.head=baseline"], "cam": ["model.head=cam"], "abn": ["model.head=abn"],
+         "abn_light": ["model.head=abn", "model.branch_depth=light"]}
+
+
+def milestones(epochs: int) -> list[int]:
+    """The paper's decay points (150 and 225 of 300 epochs) scaled to ``epochs``."""
+    return [round(epochs * 0.5), round(epochs * 0.75)]
+
+
+def train_job(net: str, head: str, seed: int, job: Path, args: argparse.Namespace) -> dict[str, float | None]:
+    """Train (unless ``--reuse`` finds the run finished); the last test accuracies of both branches."""
+    if not (args.reuse and test_accuracy(job) is not None):
+        if job.exists():
+            set_aside(job)
+        first, second = milestones(args.epochs)
+        run([sys.executable, "-m", "abn.train", "experiment=fashion_mnist", f"model.arch={net}", *HEADS[head],
+             f"seed={seed}", f"trainer.max_epochs={args.epochs}", "model/scheduler=multistep",
+             f"model.scheduler.milestones=[{first},{second}]", "trainer=cpu" if args.cpu else "trainer=default",
+             *args.train_override, f"hydra.run.dir={job}"])
+    accuracy = test_accuracy(job)
+    if accuracy is None:
+        raise SystemExit(f"{job} ended without a test accuracy in its TensorBoard logs; see its train.log")
+    return {"test_acc": accuracy, "test_acc_att": test_accuracy(job, "test/acc_att")}
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """One row per (network, head, seed)."""
+    rows = []
+    for net in args.nets:
+        for head in args.heads:
+            for seed in args.seeds:
+                job = args.out / net / f"{args.epochs}ep" / head / f"seed{seed}"
+                rows.append({"net": net, "head": head, "seed": seed, "epochs": args.epochs,
+                             **train_job(net, head, seed, job, args)})
+    return rows
+
+
+def verdict(rows: list[dict], net: str) -> str:
+    """ABN against its baseline in words: the difference of the means and whether it is outside the seed spread
+    (larger than the standard deviation of the difference of two means, √(s_abn² + s_base²))."""
+    baseline = [row["test_acc"] * 100 for row in rows if row["net"] == net and row["head"] == "baseline"]
+    abn = [row["test_acc"] * 100 for row in rows if row["net"] == net and row["head"] == "abn"]
+    if len(baseline) < 2 or len(abn) < 2:
+        return f"{net}: fewer than two seeds of `abn` or `baseline`, no verdict."
+    difference = statistics.fmean(abn) - statistics.fmean(baseline)
+    spread = math.hypot(statistics.stdev(abn), statistics.stdev(baseline))
+    if abs(difference) <= spread:
+        words = "within the seed spread: no difference shown"
+    else:
+        words = "outside the seed spread: ABN is " + ("better" if difference > 0 else "worse")
+    return f"{net}: ABN − baseline = {difference:+.2f} points (spread {spread:.2f}), {words}."
+
+
+def table(rows: list[dict], args: argparse.Namespace, argv: list[str] | None) -> str:
+    first, second = milestones(args.epochs)
+    lines = [f"Fashion-MNIST (`experiment=fashion_mnist`), {args.epochs} epochs, SGD lr 0.1 ×0.1 at epochs {first} and "
+             f"{second}, seeds {', '.join(map(str, args.seeds))}; last-epoch test accuracy, mean ± std. Command: "
+             f"`python scripts/reproduce.py{reproducing_flags(argv)}`; per seed: "
+             f"[reproduce_fashion_mnist.csv](reproduce_fashion_mnist.csv).", "",
+             "| network | head | test accuracy % (perception) | attention branch % | seeds |", "|---|---|---|---|---|"]
+    for net in args.nets:
+        for head in args.heads:
+            chosen = [row for row in rows if row["net"] == net and row["head"] == head]
+            attention = [row["test_acc_att"] for row in chosen if row["test_acc_att"] is not None]
+            lines.append(f"| {net} | {head} | {mean_std([row['test_acc'] for row in chosen], 100, 2)} | "
+                         f"{mean_std(attention, 100, 2)} | {len(chosen)} |")
+    lines += ["", *(f"- {verdict(rows, net)}" for net in args.nets)]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["net", "head", "seed", "epochs", "test_acc", "test_acc_att"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "reproduce")
+    parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
+    parser.add_argument("--reuse", action="store_true", help="keep the finished runs in --out")
+    parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra abn-train override for every run (repeatable), e.g. data.on_device=true")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="write the table into docs/results.md and the per-seed figures into docs/")
+    args = parser.parse_args(argv)
+
+    rows = measure(args)
+    text = table(rows, args, argv)
+    write_csv(rows, args.out / f"reproduce_{args.epochs}ep.csv")
+    print("\n" + text)
+    if args.update_docs:
+        write_between_markers(PAGE, "reproduce", text)
+        write_csv(rows, DOCS_CSV)
+    return text
+
+
+if __name__ == "__main__":
+    main()
