@@ -3,7 +3,7 @@ of the training images, beside Grad-CAM of the baseline; mean ± std over seeds 
 
     python scripts/compare_supervision.py                        # both data sets, 3 seeds, every loss and share
     python scripts/compare_supervision.py --data shapes --seeds 0 --losses l1 energy --fractions 0.1
-    python scripts/compare_supervision.py --epochs 15 --losses   # only baseline and unsupervised ABN, longer
+    python scripts/compare_supervision.py --epochs 10 --losses   # only baseline and unsupervised ABN, longer
     python scripts/compare_supervision.py --reuse --update-docs  # tabulate the finished runs into the docs
 
 Each setting is one ``abn-train`` run per seed (ResNet-20, the data sizes of ``compare_explanations.py``) in
