@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Optional, Sequence
 
@@ -14,6 +15,27 @@ from .data.facts import check_attribute_names
 from .visualize import attention_grid, attribute_grid, explanation_grid
 
 log = logging.getLogger("abn")
+
+
+class DestroyProcessGroupAtExit(L.Callback):
+    """Under DDP, destroy the process group when the process exits, while Python is still whole.
+
+    Lightning does this for NCCL only. A gloo process (``trainer=ddp`` on CPUs) left with its group could abort at
+    exit (``terminate called without an active exception``, SIGABRT) when the group's C++ threads were torn down
+    during interpreter shutdown: the run's last ``trainer.test`` then failed after all its work was done."""
+
+    _registered = False  # once per process: fit and test set up the same process group in ``strategy=ddp``
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                not DestroyProcessGroupAtExit._registered:
+            atexit.register(destroy_process_group)
+            DestroyProcessGroupAtExit._registered = True
+
+
+def destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 class AttentionImageLogger(L.Callback):

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .callbacks import DestroyProcessGroupAtExit
 from .checkpoint_io import latest_checkpoint
 from .checkpoints import check_resume_checkpoint, load_initial_weights
 from .cli import reported_errors, route_library_logs_to_run_log
@@ -182,7 +183,7 @@ def train(cfg: DictConfig, resumed: bool = False) -> dict[str, float]:
     # the bar last, where Lightning puts its own: under DDP it computes the epoch's metrics (a collective of
     # torchmetrics) on rank 0 alone, which pairs with the other ranks' computing them right after the callbacks; a
     # callback with a collective of its own after the bar (the stopper) would pair with it instead and hang the run
-    callbacks += [stopper, *plain_console_callbacks(callbacks, cfg.trainer)]
+    callbacks += [stopper, DestroyProcessGroupAtExit(), *plain_console_callbacks(callbacks, cfg.trainer)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      **trainer_arguments(cfg.trainer))
 

@@ -125,11 +125,12 @@ def peak_table(archs: list[str], settings: dict[str, tuple[int, int]], device: t
     rows = []
     for arch in archs:
         size_, classes = settings[arch]
-        flops = training_flops_per_image(build(arch, "abn", classes, args.in_chans), size_, args.in_chans, classes)
-        timers = {(precision, layout): Timer(build(arch, "abn", classes, args.in_chans), device, args.batch_size,
-                                             size_, args.in_chans, classes, channels_last=layout == "NHWC",
-                                             bf16=precision == "bf16")
+        models = {(precision, layout): build(arch, "abn", classes, args.in_chans)
                   for precision in ("fp32", "bf16") for layout in ("NCHW", "NHWC")}
+        flops = training_flops_per_image(models["fp32", "NCHW"], size_, args.in_chans, classes)  # the same for all
+        timers = {(precision, layout): Timer(model, device, args.batch_size, size_, args.in_chans, classes,
+                                             channels_last=layout == "NHWC", bf16=precision == "bf16")
+                  for (precision, layout), model in models.items()}
         speeds = interleaved(timers, args.steps, args.warmup, args.repeats)
         rows += [(arch, size_, precision, layout, statistics.median(values), flops)
                  for (precision, layout), values in speeds.items()]

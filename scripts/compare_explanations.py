@@ -91,7 +91,7 @@ def reproducing_flags(argv: list[str] | None) -> str:
             skip = False
         elif item in ("--out",):
             skip = True
-        elif item not in ("--update-docs", "--update-readme", "--reuse"):
+        elif item not in ("--update-docs", "--update-readme", "--reuse", "--only-finished"):
             flags.append(item)
     return "".join(f" {flag}" for flag in flags)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_explanations import ROOT, run  # noqa: E402
-from compare_supervision import mean_std, test_accuracy  # noqa: E402
+from run_logs import mean_std, test_accuracy  # noqa: E402
 
 PRECISIONS = ("32-true", "auto")  # in the order Hydra numbers the jobs: precision varies slowest
 

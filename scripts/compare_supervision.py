@@ -4,7 +4,8 @@ of the training images, beside Grad-CAM of the baseline; mean ± std over seeds 
     python scripts/compare_supervision.py                        # both data sets, 3 seeds, every loss and share
     python scripts/compare_supervision.py --data shapes --seeds 0 --losses l1 energy --fractions 0.1
     python scripts/compare_supervision.py --epochs 10 --losses   # only baseline and unsupervised ABN, longer
-    python scripts/compare_supervision.py --reuse --update-docs  # tabulate the finished runs into the docs
+    python scripts/compare_supervision.py --reuse --update-docs  # finish the sweep, tabulate it into the docs
+    python scripts/compare_supervision.py --only-finished --update-docs  # tabulate what has finished so far
 
 Each setting is one ``abn-train`` run per seed (ResNet-20, the data sizes of ``compare_explanations.py``) in
 ``<out>/<data>/<epochs>ep/<setting>/seed<k>``, then one ``abn-explain`` of its checkpoint's test images (pointing
@@ -15,14 +16,13 @@ game, energy inside the box, deletion). Accuracy is the run's own test accuracy 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_explanations import ROOT, data_sets, explain, reproducing_flags, run  # noqa: E402
+from compare_explanations import ROOT, data_sets, explain, reproducing_flags  # noqa: E402
 from doc_tables import markers, write_between_markers  # noqa: E402
+from run_logs import mean_std, test_accuracy, train_or_reuse  # noqa: E402
 
 PAGE = ROOT / "docs" / "supervision.md"
 TABLE_START, TABLE_END = markers("supervision")
@@ -41,60 +41,26 @@ def settings(args: argparse.Namespace) -> dict[str, list[str]]:
     return chosen
 
 
-def test_accuracy(job: Path, tag: str = "test/acc") -> Optional[float]:
-    """The run's last test accuracy (``test/acc``: perception branch), read from its TensorBoard events; None before
-    the run ends (or where the run logs no such tag)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for events in sorted((job / "tensorboard").rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            return accumulator.Scalars(tag)[-1].value
-    return None
-
-
-def set_aside(job: Path) -> None:
-    """Rename an earlier or interrupted run's folder (``seed0`` → ``seed0.old1``) so that nothing on disk is lost."""
-    number = 1
-    while job.with_name(f"{job.name}.old{number}").exists():
-        number += 1
-    state = "finished" if test_accuracy(job) is not None else "unfinished"
-    job.rename(job.with_name(f"{job.name}.old{number}"))
-    print(f"kept the {state} run that was in {job} as {job.name}.old{number}", flush=True)
-
-
 def train_job(data: str, overrides: list[str], job: Path, seed: int, args: argparse.Namespace) -> float:
     """Train (unless ``--reuse`` finds the run finished) and return its test accuracy."""
-    if args.reuse and (accuracy := test_accuracy(job)) is not None:
-        return accuracy
-    if job.exists():
-        set_aside(job)
-    run([sys.executable, "-m", "abn.train", f"data={data}", f"seed={seed}",
-         "trainer=cpu" if args.cpu else "trainer=default", *data_sets(args)[data], *overrides,
-         *args.train_override, f"hydra.run.dir={job}"])
-    accuracy = test_accuracy(job)
-    if accuracy is None:
-        raise SystemExit(f"{job} ended without a test accuracy in its TensorBoard logs; see its train.log")
-    return accuracy
-
-
-def mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    if not values:
-        return "–"
-    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values) * scale:.{digits}f} ± {spread:.{digits}f}"
+    return train_or_reuse([f"data={data}", f"seed={seed}", "trainer=cpu" if args.cpu else "trainer=default",
+                           *data_sets(args)[data], *overrides, *args.train_override], job, args.reuse)
 
 
 def measure(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, list[float]]]]:
-    """(data, setting, map, {accuracy and each metric: one value per seed}) of every setting and its maps."""
+    """(data, setting, map, {accuracy and each metric: one value per seed}) of every setting and its maps; with
+    ``--only-finished``, the settings whose runs are not all finished are left out and named in ``args.missing``."""
     rows = []
+    args.missing = []
     for data in args.data:
         for name, overrides in settings(args).items():
             methods = ["gradcam"] if name == "baseline" else ["abn", "abn_class"] if name == "abn" else ["abn"]
             values: dict[str, dict[str, list[float]]] = {method: {} for method in methods}
-            for seed in args.seeds:
-                job = args.out / data / f"{args.epochs}ep" / name / f"seed{seed}"
+            jobs = {seed: args.out / data / f"{args.epochs}ep" / name / f"seed{seed}" for seed in args.seeds}
+            if args.only_finished and any(test_accuracy(job) is None for job in jobs.values()):
+                args.missing.append(f"{data} {name}")
+                continue
+            for seed, job in jobs.items():
                 accuracy = train_job(data, overrides, job, seed, args)
                 explained = explain(job, "explain", [f"methods=[{','.join(methods)}]", "grid_batches=1"], args)
                 for row in explained:
@@ -120,6 +86,8 @@ def table(rows: list[tuple[str, str, str, dict[str, list[float]]]], args: argpar
         shown = {"gradcam": "Grad-CAM", "abn": "M", "abn_class": "class map"}[method]
         cells = [mean_std(values.get("accuracy", []), 100, 2)] + [mean_std(values.get(key, [])) for key in METRICS]
         lines.append(f"| {data} | {model} | {shown} | {share} | " + " | ".join(cells) + " |")
+    if getattr(args, "missing", None):
+        lines += ["", "Not measured yet (not every seed's run finished): " + ", ".join(args.missing) + "."]
     return "\n".join(lines)
 
 
@@ -140,10 +108,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU exists")
     parser.add_argument("--reuse", action="store_true", help="keep the runs and explanations already in --out")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: tabulate the settings whose runs all finished, name the others")
     parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra abn-train override for every run (repeatable), e.g. data.train_size=64")
     parser.add_argument("--update-docs", action="store_true", help="write the table into docs/supervision.md")
     args = parser.parse_args(argv)
+    args.reuse = args.reuse or args.only_finished
     args.seed = args.seeds[0]  # the explanation seed (random map, sampling) of compare_explanations' explain()
 
     text = table(measure(args), args, argv)

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_explanations import ROOT, reproducing_flags, run  # noqa: E402
-from compare_supervision import mean_std, set_aside, test_accuracy  # noqa: E402
+from compare_explanations import ROOT, reproducing_flags  # noqa: E402
 from doc_tables import write_between_markers  # noqa: E402
+from run_logs import mean_std, test_accuracy, train_or_reuse  # noqa: E402
 
 PAGE = ROOT / "docs" / "results.md"
 DOCS_CSV = ROOT / "docs" / "reproduce_fashion_mnist.csv"
@@ -39,17 +39,11 @@ def milestones(epochs: int) -> list[int]:
 
 def train_job(net: str, head: str, seed: int, job: Path, args: argparse.Namespace) -> dict[str, float | None]:
     """Train (unless ``--reuse`` finds the run finished); the last test accuracies of both branches."""
-    if not (args.reuse and test_accuracy(job) is not None):
-        if job.exists():
-            set_aside(job)
-        first, second = milestones(args.epochs)
-        run([sys.executable, "-m", "abn.train", "experiment=fashion_mnist", f"model.arch={net}", *HEADS[head],
-             f"seed={seed}", f"trainer.max_epochs={args.epochs}", "model/scheduler=multistep",
-             f"model.scheduler.milestones=[{first},{second}]", "trainer=cpu" if args.cpu else "trainer=default",
-             *args.train_override, f"hydra.run.dir={job}"])
-    accuracy = test_accuracy(job)
-    if accuracy is None:
-        raise SystemExit(f"{job} ended without a test accuracy in its TensorBoard logs; see its train.log")
+    first, second = milestones(args.epochs)
+    accuracy = train_or_reuse(["experiment=fashion_mnist", f"model.arch={net}", *HEADS[head], f"seed={seed}",
+                               f"trainer.max_epochs={args.epochs}", "model/scheduler=multistep",
+                               f"model.scheduler.milestones=[{first},{second}]",
+                               "trainer=cpu" if args.cpu else "trainer=default", *args.train_override], job, args.reuse)
     return {"test_acc": accuracy, "test_acc_att": test_accuracy(job, "test/acc_att")}
 
 

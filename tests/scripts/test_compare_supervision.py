@@ -39,6 +39,13 @@ def test_trains_each_setting_per_seed_and_tabulates_mean_and_spread(tmp_path):
     assert script.main(["--out", str(out), *TINY, "--reuse"]) == table  # nothing retrained, same table
     assert checkpoint.stat().st_mtime_ns == written
 
+    # a sweep not yet finished: its finished settings tabulated, the others named, nothing trained
+    partial = script.main(["--out", str(out), *TINY, "--fractions", "0.5", "0.25", "--only-finished"])
+    assert "--only-finished" not in partial  # the command quoted is the one that trains the whole table
+    assert table.split("\n", 2)[2] in partial  # the same rows
+    assert partial.endswith("\n\nNot measured yet (not every seed's run finished): shapes l1@0.25.")
+    assert not (out / "shapes" / "1ep" / "l1@0.25").exists() and checkpoint.stat().st_mtime_ns == written
+
 
 def test_an_interrupted_run_is_trained_again_and_kept_aside(tmp_path, capsys):
     """A run killed before its end has checkpoints but no test accuracy: --reuse trains it again instead of
@@ -57,5 +64,5 @@ def test_an_interrupted_run_is_trained_again_and_kept_aside(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"kept the unfinished run that was in {job} as seed0.old1" in printed
     assert (job.parent / "seed0.old1" / "checkpoints" / "last.ckpt").is_file()
-    assert script.test_accuracy(job) is not None
+    assert load_script("run_logs").test_accuracy(job) is not None
     assert printed.count("kept the") == 1 and baseline.stat().st_mtime_ns == written  # the finished baseline reused
