@@ -24,13 +24,10 @@ class DestroyProcessGroupAtExit(L.Callback):
     exit (``terminate called without an active exception``, SIGABRT) when the group's C++ threads were torn down
     during interpreter shutdown: the run's last ``trainer.test`` then failed after all its work was done."""
 
-    _registered = False  # once per process: fit and test set up the same process group in ``strategy=ddp``
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-                not DestroyProcessGroupAtExit._registered:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            atexit.unregister(destroy_process_group)  # once per process, though fit and test both set up
             atexit.register(destroy_process_group)
-            DestroyProcessGroupAtExit._registered = True
 
 
 def destroy_process_group() -> None:

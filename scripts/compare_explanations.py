@@ -69,7 +69,7 @@ def train(name: str, overrides: list[str], out: Path, args: argparse.Namespace) 
 def explain(job: Path, tag: str, extra: list[str], args: argparse.Namespace) -> list[dict[str, str]]:
     out = job / tag
     if not (args.reuse and (out / "metrics.csv").is_file()):
-            run([sys.executable, "-m", "abn.explain.run", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "split=test",
+        run([sys.executable, "-m", "abn.explain.run", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "split=test",
              f"batch_size={args.batch_size}", f"num_batches={-(-args.images // args.batch_size)}", f"seed={args.seed}",
              f"metrics.deletion_steps={args.steps}", f"hydra.run.dir={out}", *extra])
     with open(out / "metrics.csv", newline="") as handle:

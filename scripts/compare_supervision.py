@@ -43,37 +43,41 @@ def settings(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def train_job(data: str, overrides: list[str], job: Path, seed: int, args: argparse.Namespace) -> float:
     """Train (unless ``--reuse`` finds the run finished) and return its test accuracy."""
-    return train_or_reuse([f"data={data}", f"seed={seed}", "trainer=cpu" if args.cpu else "trainer=default",
-                           *data_sets(args)[data], *overrides, *args.train_override], job, args.reuse)
+    return train_or_reuse([f"data={data}", f"seed={seed}", *data_sets(args)[data], *overrides, *args.train_override],
+                          job, args.reuse, args.cpu)
 
 
-def measure(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, list[float]]]]:
-    """(data, setting, map, {accuracy and each metric: one value per seed}) of every setting and its maps; with
-    ``--only-finished``, the settings whose runs are not all finished are left out and named in ``args.missing``."""
-    rows = []
-    args.missing = []
+Row = tuple[str, str, str, dict[str, list[float]]]
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    """The rows (data, setting, map, {accuracy and each metric: one value per seed}) of every setting and its maps,
+    and the settings left out: with ``--only-finished``, those whose runs are not all finished."""
+    rows, missing = [], []
     for data in args.data:
         for name, overrides in settings(args).items():
             methods = ["gradcam"] if name == "baseline" else ["abn", "abn_class"] if name == "abn" else ["abn"]
             values: dict[str, dict[str, list[float]]] = {method: {} for method in methods}
             jobs = {seed: args.out / data / f"{args.epochs}ep" / name / f"seed{seed}" for seed in args.seeds}
-            if args.only_finished and any(test_accuracy(job) is None for job in jobs.values()):
-                args.missing.append(f"{data} {name}")
-                continue
+            if args.only_finished:
+                accuracies = {seed: test_accuracy(job) for seed, job in jobs.items()}
+                if None in accuracies.values():
+                    missing.append(f"{data} {name}")
+                    continue
+            else:
+                accuracies = {seed: train_job(data, overrides, job, seed, args) for seed, job in jobs.items()}
             for seed, job in jobs.items():
-                accuracy = train_job(data, overrides, job, seed, args)
                 explained = explain(job, "explain", [f"methods=[{','.join(methods)}]", "grid_batches=1"], args)
                 for row in explained:
                     scores = values[row["method"]]
-                    scores.setdefault("accuracy", []).append(accuracy)
+                    scores.setdefault("accuracy", []).append(accuracies[seed])
                     for key in METRICS:
                         scores.setdefault(key, []).append(float(row[key]))
             rows += [(data, name, method, values[method]) for method in methods]
-    return rows
+    return rows, missing
 
 
-def table(rows: list[tuple[str, str, str, dict[str, list[float]]]], args: argparse.Namespace,
-          argv: list[str] | None) -> str:
+def table(rows: list[Row], missing: list[str], args: argparse.Namespace, argv: list[str] | None) -> str:
     seeds = ", ".join(map(str, args.seeds))
     lines = [f"ResNet-20, {args.epochs} epochs, seeds {seeds} (mean ± std); supervision weight {args.weight}; "
              f"{args.images} test images explained per run. Command: "
@@ -86,8 +90,8 @@ def table(rows: list[tuple[str, str, str, dict[str, list[float]]]], args: argpar
         shown = {"gradcam": "Grad-CAM", "abn": "M", "abn_class": "class map"}[method]
         cells = [mean_std(values.get("accuracy", []), 100, 2)] + [mean_std(values.get(key, [])) for key in METRICS]
         lines.append(f"| {data} | {model} | {shown} | {share} | " + " | ".join(cells) + " |")
-    if getattr(args, "missing", None):
-        lines += ["", "Not measured yet (not every seed's run finished): " + ", ".join(args.missing) + "."]
+    if missing:
+        lines += ["", "Not measured yet (not every seed's run finished): " + ", ".join(missing) + "."]
     return "\n".join(lines)
 
 
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> str:
     args.reuse = args.reuse or args.only_finished
     args.seed = args.seeds[0]  # the explanation seed (random map, sampling) of compare_explanations' explain()
 
-    text = table(measure(args), args, argv)
+    text = table(*measure(args), args, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"supervision_{args.epochs}ep.md").write_text(text + "\n")
     print("\n" + text)

@@ -43,7 +43,7 @@ def train_job(net: str, head: str, seed: int, job: Path, args: argparse.Namespac
     accuracy = train_or_reuse(["experiment=fashion_mnist", f"model.arch={net}", *HEADS[head], f"seed={seed}",
                                f"trainer.max_epochs={args.epochs}", "model/scheduler=multistep",
                                f"model.scheduler.milestones=[{first},{second}]",
-                               "trainer=cpu" if args.cpu else "trainer=default", *args.train_override], job, args.reuse)
+                               *args.train_override], job, args.reuse, args.cpu)
     return {"test_acc": accuracy, "test_acc_att": test_accuracy(job, "test/acc_att")}
 
 

@@ -35,12 +35,14 @@ def set_aside(job: Path) -> None:
     print(f"kept the {state} run that was in {job} as {job.name}.old{number}", flush=True)
 
 
-def train_or_reuse(overrides: list[str], job: Path, reuse: bool) -> float:
-    """``abn-train overrides`` into ``job`` (unless ``reuse`` finds a finished run there); its test accuracy."""
+def train_or_reuse(overrides: list[str], job: Path, reuse: bool, cpu: bool = False) -> float:
+    """``abn-train overrides`` into ``job`` (unless ``reuse`` finds a finished run there) on the default trainer, or
+    on ``trainer=cpu`` where ``cpu``; its test accuracy."""
     if not (reuse and test_accuracy(job) is not None):
         if job.exists():
             set_aside(job)
-        run([sys.executable, "-m", "abn.train", *overrides, f"hydra.run.dir={job}"])
+        trainer = "trainer=cpu" if cpu else "trainer=default"
+        run([sys.executable, "-m", "abn.train", trainer, *overrides, f"hydra.run.dir={job}"])
     accuracy = test_accuracy(job)
     if accuracy is None:
         raise SystemExit(f"{job} ended without a test accuracy in its TensorBoard logs; see its train.log")

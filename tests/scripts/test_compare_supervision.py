@@ -31,6 +31,7 @@ def test_trains_each_setting_per_seed_and_tabulates_mean_and_spread(tmp_path):
             assert (out / "shapes" / "1ep" / setting / f"seed{seed}" / "checkpoints" / "last.ckpt").is_file()
     supervised = (out / "shapes" / "1ep" / "l1@0.5" / "seed0" / ".hydra" / "config.yaml").read_text()
     assert "loss: l1" in supervised and "supervised_fraction: 0.5" in supervised
+    assert "accelerator: cpu" in supervised  # --cpu
     text = page.read_text()
     assert "old table" not in text and table in text and text.endswith("rest\n")
 
