@@ -4,9 +4,10 @@
 
 Each argument is a run folder (its ``checkpoints/last.ckpt`` is read) or a checkpoint file. For the first
 ``--images`` test images (the run's own data settings, as ``abn-explain`` reads them) it prints one markdown row per
-run: how many maps were read (the multi-task head has one per attribute), M's mean, the share of map cells above 0.9 and below 0.1, and M's standard deviation within an image (the mean
-over images). A map near 1 everywhere with a tiny within-image spread multiplies every feature by about 2 and shows
-nothing; the pointing game and energy of ``abn-explain`` say where a map points, these figures say whether it can.
+run: how many maps were read (the multi-task head has one per attribute), M's mean, the share of map cells above
+0.9 and below 0.1, and M's standard deviation within an image (the mean over images). A map near 1 everywhere with a
+tiny within-image spread multiplies every feature by about 2 and shows nothing; the pointing game and energy of
+``abn-explain`` say where a map points, these figures say whether it can.
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ def attention_maps(checkpoint: Path, images: int, batch_size: int, device: str) 
                  f"num_batches={-(-images // batch_size)}", f"device={device}"]
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         prepared = prepare(compose("explain", overrides=overrides))
-    maps = []
-    with torch.no_grad():
+    maps, read = [], 0
+    with torch.no_grad():  # prepare returns the network in eval mode
         for batch in prepared.loader:
-            attention = prepared.net.eval()(batch[0].to(prepared.device)).attention
+            attention = prepared.net(batch[0].to(prepared.device)).attention
             if attention is None:
                 raise SystemExit(f"{checkpoint}: the network has no attention map M (a baseline or CAM run); "
                                  "give an ABN run")
             maps.append(attention.float().cpu())
-            if sum(len(part) for part in maps) >= images:
+            read += len(attention)
+            if read >= images:
                 break
     return torch.cat(maps)[:images].flatten(0, 1)  # the multi-task head: one map per attribute
 
