@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision import datasets
 
-from .resumable import Position, repeat_to
+from .resumable import Position, pass_start, repeat_to
 
 
 class DeviceBatches:
@@ -104,10 +104,7 @@ class DeviceBatches:
         return math.ceil(self.shard_size() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        position = self.resume() if self.resume is not None else None
-        start = 0
-        if position is not None:
-            self.epoch, start = position
+        self.epoch, start = pass_start(self.resume, self.epoch)
         order, offsets, flips = self.epoch_plan(self.epoch)
         self.epoch += 1  # looping again without set_epoch (outside Lightning) also reshuffles
         augment = self.padding > 0 or self.hflip

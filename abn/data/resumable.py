@@ -50,6 +50,13 @@ def repeat_to(items: torch.Tensor, total: int) -> torch.Tensor:
     return items.repeat(math.ceil(total / len(items)), *[1] * (items.dim() - 1))[:total]
 
 
+def pass_start(resume: Optional[Callable[[], Optional[Position]]], epoch: int) -> Position:
+    """Where a pass over the training batches starts: the position ``resume`` gives (the first pass of a resumed
+    run), else the start of ``epoch``."""
+    position = resume() if resume is not None else None
+    return position if position is not None else (epoch, 0)
+
+
 class EpochShuffle(DistributedSampler):
     """A new order every epoch, the same in every run with this ``seed``: it depends only on (seed, epoch).
 
@@ -73,10 +80,8 @@ class EpochShuffle(DistributedSampler):
         self.batch_size, self.resume = batch_size, resume
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        position = self.resume() if self.resume is not None else None
-        skip = 0
-        if position is not None:
-            self.epoch, skip = position[0], position[1] * self.batch_size
+        self.epoch, batches_done = pass_start(self.resume, self.epoch)
+        skip = batches_done * self.batch_size
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
         count = len(self.dataset)
         order = torch.randperm(count, generator=generator)
