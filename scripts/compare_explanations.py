@@ -89,7 +89,7 @@ def reproducing_flags(argv: list[str] | None) -> str:
     for item in sys.argv[1:] if argv is None else argv:
         if skip:
             skip = False
-        elif item in ("--out",):
+        elif item in ("--out", "--recorded"):
             skip = True
         elif item not in ("--update-docs", "--update-readme", "--reuse", "--only-finished"):
             flags.append(item)

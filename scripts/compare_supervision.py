@@ -78,8 +78,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
 
 
 def table(rows: list[Row], missing: list[str], args: argparse.Namespace, argv: list[str] | None) -> str:
-    seeds = ", ".join(map(str, args.seeds))
-    lines = [f"ResNet-20, {args.epochs} epochs, seeds {seeds} (mean ± std); supervision weight {args.weight}; "
+    seeds = (f"seed {args.seeds[0]}" if len(args.seeds) == 1
+             else f"seeds {', '.join(map(str, args.seeds))} (mean ± std)")
+    lines = [f"ResNet-20, {args.epochs} epochs, {seeds}; supervision weight {args.weight}; "
              f"{args.images} test images explained per run. Command: "
              f"`python scripts/compare_supervision.py{reproducing_flags(argv)}`.", "",
              "| data | model | map | supervised images | test accuracy % | " + " | ".join(METRICS.values()) + " |",

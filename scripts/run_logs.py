@@ -50,7 +50,9 @@ def train_or_reuse(overrides: list[str], job: Path, reuse: bool, cpu: bool = Fal
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """Mean ± standard deviation over seeds; one seed's value alone (no spread to show)."""
     if not values:
         return "–"
-    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values) * scale:.{digits}f} ± {spread:.{digits}f}"
+    if len(values) == 1:
+        return f"{values[0] * scale:.{digits}f}"
+    return f"{statistics.fmean(values) * scale:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"

@@ -8,7 +8,7 @@ from tests.scripts.conftest import load_script
 def test_mean_std_over_seeds_scaled_and_rounded():
     mean_std = load_script("run_logs").mean_std
     assert mean_std([0.9, 0.92, 0.94], scale=100, digits=2) == "92.00 ± 2.00"
-    assert mean_std([0.5]) == "0.500 ± 0.000"  # one seed: no spread
+    assert mean_std([0.5]) == "0.500"  # one seed: no spread to show
     assert mean_std([]) == "–"
 
 
