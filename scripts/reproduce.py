@@ -53,7 +53,8 @@ def this_machine(cpu: bool) -> str:
         return torch.cuda.get_device_name(0)
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
-    return f"{names[0].strip() if names else 'CPU'} ({len(os.sched_getaffinity(0))} cores)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{names[0].strip() if names else 'CPU'} ({cores} cores)"
 
 
 def run_precision(job: Path) -> str:
@@ -98,7 +99,7 @@ def read_recorded(path: Path) -> dict[tuple[str, str, int, int], dict]:
     return recorded
 
 
-def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+def measure(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, str, int]]]:
     """One row per (network, head, seed), recorded, reused or trained; and with ``--only-finished`` the runs left out
     because they have not finished."""
     recorded = read_recorded(args.recorded) if args.recorded else {}
@@ -110,7 +111,7 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                 if (net, head, seed, args.epochs) in recorded:
                     rows.append(recorded[(net, head, seed, args.epochs)])
                 elif args.only_finished and test_accuracy(job) is None:
-                    missing.append(f"{net} {head} seed {seed}")
+                    missing.append((net, head, seed))
                 else:
                     rows.append({"net": net, "head": head, "seed": seed, "epochs": args.epochs,
                                  **train_job(net, head, seed, job, args)})
@@ -133,7 +134,8 @@ def verdict(rows: list[dict], net: str) -> str:
     return f"{net}: ABN − baseline = {difference:+.2f} points (spread {spread:.2f}), {words}."
 
 
-def table(rows: list[dict], missing: list[str], args: argparse.Namespace, argv: list[str] | None) -> str:
+def table(rows: list[dict], missing: list[tuple[str, str, int]], args: argparse.Namespace,
+          argv: list[str] | None) -> str:
     first, second = milestones(args.epochs)
     lines = [f"Fashion-MNIST (`experiment=fashion_mnist`), {args.epochs} epochs, SGD lr 0.1 ×0.1 at epochs {first} and "
              f"{second}, seeds {', '.join(map(str, args.seeds))}; last-epoch test accuracy, mean ± std. Command: "
@@ -148,7 +150,12 @@ def table(rows: list[dict], missing: list[str], args: argparse.Namespace, argv: 
                          f"{mean_std(attention, 100, 2)} | {len(chosen)} |")
     lines += ["", *(f"- {verdict(rows, net)}" for net in args.nets)]
     if missing:
-        lines += ["", f"Not measured yet ({len(missing)} runs): " + ", ".join(missing) + "."]
+        seeds: dict[tuple[str, str], list[str]] = {}
+        for net, head, seed in missing:
+            seeds.setdefault((net, head), []).append(str(seed))
+        lines += ["", f"Not measured yet ({len(missing)} runs): " + ", ".join(
+            f"{net} {head} (seed{'s' if len(chosen) > 1 else ''} {', '.join(chosen)})"
+            for (net, head), chosen in seeds.items()) + "."]
     trained_on = Counter((row["device"] or "device not recorded", row["precision"] or "precision not recorded")
                          for row in rows)
     if trained_on:

@@ -98,7 +98,7 @@ def test_recorded_rows_are_taken_as_measured_and_only_finished_names_the_missing
     assert "| resnet20 | cam | – | – | 0 |" in table
     assert "| resnet20 | abn | 94.10 ± 0.14 | 93.95 ± 0.21 | 2 |" in table
     assert "resnet20: ABN − baseline = +1.00 points (spread 0.20), outside the seed spread: ABN is better." in table
-    assert "Not measured yet (2 runs): resnet20 cam seed 0, resnet20 cam seed 1." in table
+    assert "Not measured yet (2 runs): resnet20 cam (seeds 0, 1)." in table
     assert "Trained on Some CPU (2 cores), bf16-mixed (4 runs)." in table
     assert "--recorded" not in table and "--only-finished" not in table  # where figures come from, not what they are
 
