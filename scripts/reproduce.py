@@ -65,15 +65,15 @@ def run_precision(job: Path) -> str:
 
 
 def train_job(net: str, head: str, seed: int, job: Path, args: argparse.Namespace) -> dict[str, float | str | None]:
-    """Train (unless ``--reuse`` finds the run finished); the last test accuracies of both branches, the precision
-    and the device."""
+    """Train (unless ``--reuse`` finds the run finished); the last test accuracies of both branches and the
+    precision."""
     first, second = milestones(args.epochs)
     accuracy = train_or_reuse(["experiment=fashion_mnist", f"model.arch={net}", *HEADS[head], f"seed={seed}",
                                f"trainer.max_epochs={args.epochs}", "model/scheduler=multistep",
                                f"model.scheduler.milestones=[{first},{second}]",
                                *args.train_override], job, args.reuse, args.cpu)
     return {"test_acc": accuracy, "test_acc_att": test_accuracy(job, "test/acc_att"),
-            "precision": run_precision(job), "device": this_machine(args.cpu)}
+            "precision": run_precision(job)}
 
 
 def read_recorded(path: Path) -> dict[tuple[str, str, int, int], dict]:
@@ -99,10 +99,11 @@ def read_recorded(path: Path) -> dict[tuple[str, str, int, int], dict]:
     return recorded
 
 
-def measure(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, str, int]]]:
+def measure(args: argparse.Namespace, recorded: dict[tuple[str, str, int, int], dict]
+            ) -> tuple[list[dict], list[tuple[str, str, int]]]:
     """One row per (network, head, seed), recorded, reused or trained; and with ``--only-finished`` the runs left out
     because they have not finished."""
-    recorded = read_recorded(args.recorded) if args.recorded else {}
+    device = this_machine(args.cpu)
     rows, missing = [], []
     for net in args.nets:
         for head in args.heads:
@@ -113,7 +114,7 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, str, 
                 elif args.only_finished and test_accuracy(job) is None:
                     missing.append((net, head, seed))
                 else:
-                    rows.append({"net": net, "head": head, "seed": seed, "epochs": args.epochs,
+                    rows.append({"net": net, "head": head, "seed": seed, "epochs": args.epochs, "device": device,
                                  **train_job(net, head, seed, job, args)})
     return rows, missing
 
@@ -193,15 +194,16 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     args.reuse = args.reuse or args.only_finished
-    rows, missing = measure(args)
+    recorded = read_recorded(args.recorded) if args.recorded else {}
+    rows, missing = measure(args, recorded)
     text = table(rows, missing, args, argv)
     write_csv(rows, args.out / f"reproduce_{args.epochs}ep.csv")
     print("\n" + text)
     if args.update_docs:
         write_between_markers(PAGE, "reproduce", text)
         # recorded rows outside this selection (other networks, heads, seeds or epochs) stay in the CSV
-        kept = [row for key, row in (read_recorded(args.recorded) if args.recorded else {}).items()
-                if key not in {(r["net"], r["head"], r["seed"], r["epochs"]) for r in rows}]
+        measured = {(row["net"], row["head"], row["seed"], row["epochs"]) for row in rows}
+        kept = [row for key, row in recorded.items() if key not in measured]
         write_csv(rows + kept, DOCS_CSV)
     return text
 
