@@ -72,6 +72,12 @@ def training_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_bf16_instructions() -> list[str]:
+    """The bf16 instruction sets this CPU has: AMX and AVX-512 BF16, either, both or neither."""
+    return [name for name, present in (("AMX", torch.cpu._is_amx_tile_supported()),
+                                       ("AVX-512 BF16", torch.cpu._is_avx512_bf16_supported())) if present]
+
+
 def native_bf16(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` computes bf16 natively, and the reason in words."""
     if device.type == "cuda":
@@ -80,8 +86,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
             return True, f"{name} computes bf16 natively"
         return False, f"{name} has no native bf16"
     if device.type == "cpu":
-        found = [name for name, present in (("AMX", torch.cpu._is_amx_tile_supported()),
-                                            ("AVX-512 BF16", torch.cpu._is_avx512_bf16_supported())) if present]
+        found = cpu_bf16_instructions()
         if found:
             return True, f"this CPU has {' and '.join(found)} instructions"
         return False, (f"this CPU has neither AMX nor AVX-512 BF16 instructions (its best: "

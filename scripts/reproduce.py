@@ -46,15 +46,19 @@ def milestones(epochs: int) -> list[int]:
 
 
 def this_machine(cpu: bool) -> str:
-    """The device the runs train on here: the GPU's name, or the CPU's model and how many cores this process has."""
+    """The device the runs train on here: the GPU's name, or the CPU's model, how many cores this process has and
+    its best instructions (CPUs of one model name differ between machines, e.g. with or without AVX-512 BF16)."""
     import torch
+
+    from abn.speed import cpu_bf16_instructions
 
     if torch.cuda.is_available() and not cpu:
         return torch.cuda.get_device_name(0)
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{names[0].strip() if names else 'CPU'} ({cores} cores)"
+    instructions = " and ".join(cpu_bf16_instructions()) or torch.backends.cpu.get_cpu_capability()
+    return f"{names[0].strip() if names else 'CPU'} ({cores} cores, {instructions})"
 
 
 def run_precision(job: Path) -> str:

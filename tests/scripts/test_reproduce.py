@@ -8,6 +8,7 @@ import csv
 import re
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import make_fashion_mnist
@@ -50,7 +51,9 @@ def test_trains_each_head_per_seed_and_writes_the_table_and_the_csv(tmp_path):
         ("baseline", "0"), ("baseline", "1"), ("abn", "0"), ("abn", "1"), ("abn_light", "0"), ("abn_light", "1")]
     assert per_seed[0]["test_acc_att"] == "" and 0 <= float(per_seed[2]["test_acc_att"]) <= 1
     train_log = (out / "resnet20" / "4ep" / "baseline" / "seed0" / "train.log").read_text()
-    assert f"Precision {per_seed[0]['precision']}:" in train_log and per_seed[0]["device"]
+    assert f"Precision {per_seed[0]['precision']}:" in train_log
+    instructions = per_seed[0]["device"].rsplit(", ", 1)[1].rstrip(")")  # e.g. "AMD EPYC (2 cores, AVX2)"
+    assert instructions in train_log  # the set the precision was chosen from
     assert (out / "reproduce_4ep.csv").read_text() == (tmp_path / "docs.csv").read_text()
     text = page.read_text()
     assert "old" not in text and table in text and text.endswith("rest\n")
@@ -59,6 +62,17 @@ def test_trains_each_head_per_seed_and_writes_the_table_and_the_csv(tmp_path):
     written = checkpoint.stat().st_mtime_ns
     assert script.main(["--out", str(out), *flags, "--reuse"]) == table  # nothing retrained, the same table
     assert checkpoint.stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, named", [(False, False, None), (False, True, "AVX-512 BF16"),
+                                                    (True, True, "AMX and AVX-512 BF16")])
+def test_the_machine_names_the_cpu_instructions_runs_of_one_model_name_differ_by(monkeypatch, amx, avx512_bf16,
+                                                                                named):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    machine = load_script("reproduce").this_machine(cpu=True)
+    assert re.fullmatch(r".+ \(\d+ cores, .+\)", machine)
+    assert machine.endswith(f", {named or torch.backends.cpu.get_cpu_capability()})")
 
 
 def test_the_verdict_compares_the_difference_with_the_seed_spread():
