@@ -139,6 +139,10 @@ def verdict(rows: list[dict], net: str) -> str:
     return f"{net}: ABN − baseline = {difference:+.2f} points (spread {spread:.2f}), {words}."
 
 
+def runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
 def table(rows: list[dict], missing: list[tuple[str, str, int]], args: argparse.Namespace,
           argv: list[str] | None) -> str:
     first, second = milestones(args.epochs)
@@ -158,14 +162,14 @@ def table(rows: list[dict], missing: list[tuple[str, str, int]], args: argparse.
         seeds: dict[tuple[str, str], list[str]] = {}
         for net, head, seed in missing:
             seeds.setdefault((net, head), []).append(str(seed))
-        lines += ["", f"Not measured yet ({len(missing)} runs): " + ", ".join(
+        lines += ["", f"Not measured yet ({runs(len(missing))}): " + ", ".join(
             f"{net} {head} (seed{'s' if len(chosen) > 1 else ''} {', '.join(chosen)})"
             for (net, head), chosen in seeds.items()) + "."]
     trained_on = Counter((row["device"] or "device not recorded", row["precision"] or "precision not recorded")
                          for row in rows)
     if trained_on:
-        lines += ["", "Trained on " + "; ".join(f"{device}, {precision} ({runs} runs)"
-                                                for (device, precision), runs in sorted(trained_on.items())) + "."]
+        lines += ["", "Trained on " + "; ".join(f"{device}, {precision} ({runs(count)})"
+                                                for (device, precision), count in sorted(trained_on.items())) + "."]
     return "\n".join(lines)
 
 

@@ -90,7 +90,7 @@ RECORDED = """net,head,seed,epochs,test_acc,test_acc_att,precision,device
 resnet20,baseline,0,30,0.930,,bf16-mixed,Some CPU (2 cores)
 resnet20,baseline,1,30,0.932,,bf16-mixed,Some CPU (2 cores)
 resnet20,abn,0,30,0.940,0.938,bf16-mixed,Some CPU (2 cores)
-resnet20,abn,1,30,0.942,0.941,bf16-mixed,Some CPU (2 cores)
+resnet20,abn,1,30,0.942,0.941,32-true,"Other CPU (2 cores, AVX2)"
 resnet56,abn,0,30,0.950,0.949,bf16-mixed,Some GPU
 """
 
@@ -113,7 +113,7 @@ def test_recorded_rows_are_taken_as_measured_and_only_finished_names_the_missing
     assert "| resnet20 | abn | 94.10 ± 0.14 | 93.95 ± 0.21 | 2 |" in table
     assert "resnet20: ABN − baseline = +1.00 points (spread 0.20), outside the seed spread: ABN is better." in table
     assert "Not measured yet (2 runs): resnet20 cam (seeds 0, 1)." in table
-    assert "Trained on Some CPU (2 cores), bf16-mixed (4 runs)." in table
+    assert "Trained on Other CPU (2 cores, AVX2), 32-true (1 run); Some CPU (2 cores), bf16-mixed (3 runs)." in table
     assert "--recorded" not in table and "--only-finished" not in table  # where figures come from, not what they are
 
     with script.DOCS_CSV.open() as file:
