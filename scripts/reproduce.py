@@ -147,8 +147,8 @@ def table(rows: list[dict], missing: list[tuple[str, str, int]], args: argparse.
           argv: list[str] | None) -> str:
     first, second = milestones(args.epochs)
     lines = [f"Fashion-MNIST (`experiment=fashion_mnist`), {args.epochs} epochs, SGD lr 0.1 ×0.1 at epochs {first} and "
-             f"{second}, seeds {', '.join(map(str, args.seeds))}; last-epoch test accuracy, mean ± std. Command: "
-             f"`python scripts/reproduce.py{reproducing_flags(argv)}`; per seed: "
+             f"{second}, seeds {', '.join(map(str, args.seeds))}; last-epoch test accuracy, mean ± std over the seeds "
+             f"run (one seed: its value). Command: `python scripts/reproduce.py{reproducing_flags(argv)}`; per seed: "
              f"[reproduce_fashion_mnist.csv](reproduce_fashion_mnist.csv).", "",
              "| network | head | test accuracy % (perception) | attention branch % | seeds |", "|---|---|---|---|---|"]
     for net in args.nets:
